@@ -1,0 +1,188 @@
+"""The aiohttp application: one middleware, the routes, health, metrics, OpenAPI.
+
+A single middleware does per-request work in one place (request id, bearer
+authentication for /v1, error mapping to problem+json, Prometheus metrics) so
+the read path pays for one layer, not five. Handlers only call the service
+layer; they never see storage or SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from server.api import admin, configs
+from server.api.http import CTX_KEY, MAX_BODY, SERVICES, json_response
+from server.api.openapi import build_openapi
+from server.service import Ctx, Services
+from shared.errors import LLMConfigError, PayloadTooLarge
+
+log = structlog.get_logger("llmcm.api")
+
+_PUBLIC = frozenset({"/v1/openapi.json"})
+_PROBLEM_TYPE = "application/problem+json"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem_response(error: LLMConfigError, request_id: str) -> web.Response:
+    problem = error.to_problem()
+    problem["request_id"] = request_id
+    headers = {"X-Request-Id": request_id}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llm-config-manager"'
+    return web.Response(
+        body=json.dumps(problem, ensure_ascii=False).encode(),
+        status=error.status,
+        content_type=_PROBLEM_TYPE,
+        headers=headers,
+    )
+
+
+def _http_problem(exc: web.HTTPException, request_id: str) -> web.Response:
+    detail = {
+        404: "no such route; see /v1/openapi.json",
+        405: f"method not allowed on this route; allowed: {exc.headers.get('Allow', '')}",
+    }.get(exc.status, exc.reason)
+    error = LLMConfigError(detail)
+    error.status, error.code, error.title = exc.status, f"http_{exc.status}", exc.reason
+    response = problem_response(error, request_id)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id")
+    if given and len(given) <= 64 and set(given) <= _ID_CHARS:
+        return given
+    return secrets.token_hex(8)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llmcm_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "llmcm_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+
+
+def _route_of(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def core_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    services = request.app[SERVICES]
+    status = 500
+    try:
+        if request.path.startswith("/v1/") and request.path not in _PUBLIC:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            raw = token.strip() if scheme.lower() == "bearer" else ""
+            principal = await services.tenants.authenticate(raw, request_id)
+            request[CTX_KEY] = Ctx(principal, request_id)
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except LLMConfigError as exc:
+        status = exc.status
+        if status >= 500:
+            log.error("request_failed", request_id=request_id, error=exc.code, route=_route_of(request))
+        return problem_response(exc, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        status = 413
+        return problem_response(
+            PayloadTooLarge(f"request body is larger than the limit of {request.app[MAX_BODY]} bytes"),
+            request_id,
+        )
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        return _http_problem(exc, request_id)
+    except Exception as exc:
+        status = 500
+        # the exception message may carry values; log the type and where, not the text
+        log.error(
+            "unhandled_error",
+            request_id=request_id,
+            error_type=type(exc).__name__,
+            where=traceback.format_tb(exc.__traceback__)[-3:],
+        )
+        return problem_response(
+            LLMConfigError("internal error; see server logs for this request id"), request_id
+        )
+    finally:
+        request.app[METRICS].observe(
+            request.method, _route_of(request), status, time.perf_counter() - started
+        )
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        await services.core.storage.ping()
+    except LLMConfigError:
+        return json_response({"status": "unavailable", "storage": "down"}, 503)
+    return json_response({"status": "ok", "storage": "up"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry: CollectorRegistry = request.app[METRICS].registry
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> web.Application:
+    app = web.Application(middlewares=[core_middleware], client_max_size=max_body_bytes)
+    app[SERVICES] = services
+    app[MAX_BODY] = max_body_bytes
+    app[METRICS] = Metrics()
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi)
+    admin.add_routes(app)
+    configs.add_routes(app)
+    app[OPENAPI] = json.dumps(build_openapi()).encode()
+    return app

@@ -1,0 +1,160 @@
+"""``llm-config-server``: init a store, apply migrations, serve the APIs.
+
+serve: load config → open storage → build services → start the HTTP site →
+wait for SIGTERM/SIGINT (the handler only sets an event) → stop accepting,
+drain in-flight requests within ``shutdown_timeout`` → close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+
+import click
+import structlog
+from aiohttp import web
+
+from server.api.app import create_app
+from server.config import ServerConfig
+from server.service import Services
+from server.storage import open_storage
+from shared.errors import LLMConfigError
+from shared.logs import configure_logging
+
+log = structlog.get_logger("llmcm.server")
+
+
+def _config(ctx: click.Context, **flags: Any) -> ServerConfig:
+    try:
+        return ServerConfig.load(flags=flags, config_file=ctx.obj.get("config_file"))
+    except LLMConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with a [server] table."
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """LLM-Config-Manager server."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+
+
+_data = click.option(
+    "--data", "data_dir", type=click.Path(file_okay=False), help="Data directory (SQLite store)."
+)
+_storage = click.option("--storage", help="Storage URL (default: SQLite in the data dir). Env LLMCM_STORAGE.")
+
+
+@cli.command()
+@_data
+@_storage
+@click.option("--tenant-name", default="default", show_default=True, help="Name of the first tenant.")
+@click.option("--json", "as_json", is_flag=True, help="Print {tenant_id, token} as JSON.")
+@click.pass_context
+def init(
+    ctx: click.Context, data_dir: str | None, storage: str | None, tenant_name: str, as_json: bool
+) -> None:
+    """Create the store, a first tenant and a global-admin token (printed once)."""
+    config = _config(ctx, data_dir=data_dir, storage=storage)
+    configure_logging("warning")
+
+    async def run() -> tuple[str, str]:
+        async with open_storage(config.storage_url) as store:
+            if await store.list_tenants():
+                raise click.ClickException(
+                    f"the store at {store.url_for_logs} is already initialized; "
+                    "use the token you were given, or create another with `llm-config token create`"
+                )
+            tenant, token = await Services.build(store).tenants.bootstrap(tenant_name)
+            return tenant.id, token
+
+    try:
+        tenant_id, token = asyncio.run(run())
+    except LLMConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+    if as_json:
+        click.echo(json.dumps({"tenant_id": tenant_id, "token": token}))
+        return
+    click.echo(f"Initialized store: {config.storage_url if config.storage else config.data_dir}")
+    click.echo(f"Tenant: {tenant_name} ({tenant_id})")
+    click.echo("Global-admin token (shown once; keep it secret):")
+    click.echo(token)
+
+
+@cli.command()
+@_storage
+@_data
+@click.pass_context
+def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> None:
+    """Apply schema migrations (idempotent)."""
+    config = _config(ctx, data_dir=data_dir, storage=storage)
+    configure_logging("warning")
+
+    async def run() -> list[int]:
+        store = open_storage(config.storage_url)
+        await store.open()  # opening applies pending migrations
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except LLMConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo("schema is up to date")
+
+
+@cli.command()
+@_data
+@_storage
+@click.option("--host", help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=int, help="REST port (default 8080).")
+@click.option("--grpc-port", type=int, help="gRPC port (default 50051; gRPC arrives with the watch API).")
+@click.option("--redis", help="Redis URL for scale-out (not yet supported). Env LLMCM_REDIS.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def serve(ctx: click.Context, /, **flags: Any) -> None:
+    """Serve the REST API until SIGTERM or SIGINT."""
+    config = _config(ctx, **flags)
+    configure_logging(config.log_level, config.log_format)
+    if config.redis:
+        raise click.ClickException("--redis / LLMCM_REDIS is not supported yet: scale-out is not built")
+    try:
+        asyncio.run(_serve(config))
+    except LLMConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+async def _serve(config: ServerConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_storage(config.storage_url) as store:
+        services = Services.build(store, max_value_bytes=config.max_body_bytes)
+        app = create_app(services, max_body_bytes=config.max_body_bytes)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+            await site.start()
+            log.info("server_started", host=config.host, port=config.port, storage=store.url_for_logs)
+            await stop.wait()
+            log.info("server_stopping", drain_seconds=config.shutdown_timeout)
+        finally:
+            await runner.cleanup()
+    log.info("server_stopped")
+
+
+def main() -> None:
+    cli(prog_name="llm-config-server")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The service layer: pure Python, no HTTP or gRPC types; both APIs call it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.service.audit import AuditService
+from server.service.configs import ConfigService
+from server.service.core import Clock, Core, Ctx, utc_now
+from server.service.schemas import SchemaService
+from server.service.tenants import TenantService
+from server.storage import Storage
+
+__all__ = ["Ctx", "Services"]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    core: Core
+    tenants: TenantService
+    schemas: SchemaService
+    configs: ConfigService
+    audit: AuditService
+
+    @classmethod
+    def build(cls, storage: Storage, *, clock: Clock = utc_now, max_value_bytes: int = 1 << 20) -> Services:
+        core = Core(storage, clock=clock)
+        schemas = SchemaService(core)
+        return cls(
+            core=core,
+            tenants=TenantService(core),
+            schemas=schemas,
+            configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes),
+            audit=AuditService(core),
+        )

@@ -1,0 +1,474 @@
+"""Versioned configuration: put, get, resolve, list, history, diff, rollback, delete.
+
+Every write runs in one storage transaction on the tenant's chain: check the
+expected version, take the next revision, insert the version with its JSON
+Patch from the previous one, append the audit record, commit. Reads of the
+current value go through a per-tenant cache that every write in the tenant
+invalidates (a generation counter stops a read that raced a write from
+caching the old value).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+
+from server.service import policy
+from server.service.core import Core, Ctx
+from server.service.policy import Action, namespace_in_scope
+from server.service.schemas import SchemaService
+from server.storage import WriteTx
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.merge import deep_merge
+from shared.models import (
+    CLASSIFICATIONS,
+    ChangeType,
+    ConfigRef,
+    ConfigVersion,
+    Environment,
+    canonical_json,
+    sha256_of,
+)
+
+_CACHE_MAX_PER_TENANT = 50_000
+_PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-/*?")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """A read answer: the body and its JSON bytes, encoded once and cached."""
+
+    body: dict[str, Any]
+    encoded: bytes
+    classification: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    version: ConfigVersion
+    changed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.version.to_dict()
+        out["changed"] = self.changed
+        return out
+
+
+def _classification(metadata: dict[str, Any]) -> str | None:
+    value = metadata.get("classification")
+    return value if isinstance(value, str) else None
+
+
+def _strictest(*values: str | None) -> str | None:
+    ranked = [v for v in values if v in CLASSIFICATIONS]
+    return max(ranked, key=CLASSIFICATIONS.index) if ranked else None
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput("'metadata' must be a JSON object")
+    if len(canonical_json(metadata)) > 16_384:
+        raise InvalidInput("'metadata' is larger than 16 KiB")
+    cls = metadata.get("classification")
+    if cls is not None and cls not in CLASSIFICATIONS:
+        raise InvalidInput(f"metadata.classification must be one of {', '.join(CLASSIFICATIONS)}")
+    return metadata
+
+
+def validate_prefix(prefix: str | None) -> str | None:
+    if prefix is None or prefix == "":
+        return None
+    if len(prefix) > 500 or not set(prefix) <= _PREFIX_CHARS:
+        raise InvalidInput(
+            f"invalid prefix {prefix[:80]!r}: use a namespace or a glob of a-z, 0-9, '-', '/', '*', '?'"
+        )
+    return prefix
+
+
+def _matches_prefix(namespace: str, prefix: str | None) -> bool:
+    if prefix is None:
+        return True
+    if any(c in prefix for c in "*?"):
+        return fnmatch.fnmatchcase(namespace, prefix) or (prefix.endswith("/*") and namespace == prefix[:-2])
+    return namespace == prefix or namespace.startswith(prefix.rstrip("/") + "/")
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ConfigService:
+    def __init__(self, core: Core, schemas: SchemaService, *, max_value_bytes: int = 1 << 20) -> None:
+        self.core = core
+        self.schemas = schemas
+        self.max_value_bytes = max_value_bytes
+        self._cache: dict[str, dict[tuple[Any, ...], ReadResult]] = {}
+        self._generation: dict[str, int] = {}
+        self.commit_hooks: list[Callable[[str, ConfigVersion], Awaitable[None]]] = []
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def _invalidate(self, tenant_id: str) -> None:
+        self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+        self._cache.pop(tenant_id, None)
+
+    def _remember(self, tenant_id: str, generation: int, key: tuple[Any, ...], result: ReadResult) -> None:
+        if self._generation.get(tenant_id, 0) != generation:
+            return  # a write landed while we read: don't cache what may be stale
+        entries = self._cache.setdefault(tenant_id, {})
+        if len(entries) >= _CACHE_MAX_PER_TENANT:
+            entries.clear()
+        entries[key] = result
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(
+        self,
+        ctx: Ctx,
+        ref: ConfigRef,
+        *,
+        version: int | None = None,
+        resolve: bool = False,
+        explain: bool = False,
+    ) -> ReadResult:
+        tenant_id = ctx.principal.tenant_id
+        resource = f"config/{ref}"
+        request = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace)
+        await self.core.authorize(ctx, request, resource)
+        cache_key = (ref, version, resolve, explain)
+        result = self._cache.get(tenant_id, {}).get(cache_key)
+        if result is None:
+            generation = self._generation.get(tenant_id, 0)
+            if resolve:
+                result = await self._resolve(tenant_id, ref, explain)
+            else:
+                result = await self._raw(tenant_id, ref, version)
+            self._remember(tenant_id, generation, cache_key, result)
+        if result.classification == "restricted":
+            restricted = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace, "restricted")
+            await self.core.authorize(ctx, restricted, resource)
+        if (await self.core.settings(tenant_id))["audit_reads"]:
+            await self.core.audit(tenant_id, self.core.draft(ctx, "config:read", resource, "ok"))
+        return result
+
+    async def _raw(self, tenant_id: str, ref: ConfigRef, version: int | None) -> ReadResult:
+        found = await self.core.storage.get_version(tenant_id, ref, version)
+        if found is None or (version is None and found.tombstone):
+            what = f"version {version} of " if version is not None else ""
+            raise NotFound(f"{what}config {ref.namespace}/{ref.key} not found in {ref.environment.value}")
+        body = found.to_dict()
+        return ReadResult(body, _encode(body), _classification(found.metadata))
+
+    async def _resolve(self, tenant_id: str, ref: ConfigRef, explain: bool) -> ReadResult:
+        chain = await self.core.chain(tenant_id, ref.environment)
+        found = await self.core.storage.latest_in_envs(tenant_id, ref.namespace, ref.key, chain)
+        layers = [found[env] for env in chain if env in found and not found[env].tombstone]
+        if not layers:
+            names = " -> ".join(e.value for e in chain)
+            raise NotFound(
+                f"config {ref.namespace}/{ref.key} has no value in any environment of the "
+                f"{ref.environment.value} chain ({names})"
+            )
+        body = self._resolved_body(ref, layers, explain)
+        return ReadResult(body, _encode(body), _strictest(*(_classification(v.metadata) for v in layers)))
+
+    @staticmethod
+    def _resolved_body(ref: ConfigRef, layers: list[ConfigVersion], explain: bool) -> dict[str, Any]:
+        value, provenance = deep_merge((v.environment.value, v.value) for v in layers)
+        body: dict[str, Any] = {
+            "namespace": ref.namespace,
+            "key": ref.key,
+            "environment": ref.environment.value,
+            "resolved": True,
+            "value": value,
+            "sha256": sha256_of(value),
+            "revision": max(v.revision for v in layers),
+            "layers": [
+                {"environment": v.environment.value, "version": v.version, "revision": v.revision}
+                for v in layers
+            ],
+        }
+        if explain:
+            body["provenance"] = provenance
+        return body
+
+    async def list_entries(
+        self, ctx: Ctx, env: Environment, *, prefix: str | None = None, resolve: bool = False
+    ) -> list[dict[str, Any]]:
+        tenant_id = ctx.principal.tenant_id
+        prefix = validate_prefix(prefix)
+        await self.core.authorize(ctx, policy.Request(Action.CONFIG_READ, env), f"configs/{prefix or ''}")
+        chain = await self.core.chain(tenant_id, env) if resolve else (env,)
+        rows = await self.core.storage.list_latest(tenant_id, chain)
+        scopes = ctx.principal.namespaces
+        pii = "pii-authorized" in ctx.principal.roles
+        grouped: dict[tuple[str, str], dict[Environment, ConfigVersion]] = {}
+        for row in rows:
+            if row.tombstone or not _matches_prefix(row.namespace, prefix):
+                continue
+            if scopes and not namespace_in_scope(row.namespace, scopes):
+                continue
+            grouped.setdefault((row.namespace, row.key), {})[row.environment] = row
+        out = []
+        for (namespace, key), by_env in sorted(grouped.items()):
+            layers = [by_env[e] for e in chain if e in by_env]
+            if not pii and any(_classification(v.metadata) == "restricted" for v in layers):
+                continue
+            if resolve:
+                out.append(self._resolved_body(ConfigRef(namespace, key, env), layers, False))
+            elif env in by_env:
+                out.append(by_env[env].to_dict())
+        return out
+
+    async def history(
+        self, ctx: Ctx, ref: ConfigRef, *, limit: int = 100, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        await self._authorize_existing(ctx, ref, Action.CONFIG_READ)
+        versions = await self.core.storage.history(
+            ctx.principal.tenant_id, ref, limit=limit, before_version=before
+        )
+        return [v.to_dict(with_patch=True) for v in versions]
+
+    async def diff(
+        self, ctx: Ctx, ref: ConfigRef, *, from_version: int | None, to_version: int | None
+    ) -> dict[str, Any]:
+        latest = await self._authorize_existing(ctx, ref, Action.CONFIG_READ)
+        tenant_id = ctx.principal.tenant_id
+        to_v = to_version if to_version is not None else latest.version
+        from_v = from_version if from_version is not None else to_v - 1
+        versions = {}
+        for n in (from_v, to_v):
+            found = await self.core.storage.get_version(tenant_id, ref, n) if n >= 1 else None
+            if found is None:
+                raise NotFound(
+                    f"version {n} of config {ref.namespace}/{ref.key} not found in {ref.environment.value}"
+                )
+            versions[n] = found
+        patch = jsonpatch.make_patch(versions[from_v].value, versions[to_v].value).patch
+        return {
+            "namespace": ref.namespace,
+            "key": ref.key,
+            "environment": ref.environment.value,
+            "from_version": from_v,
+            "to_version": to_v,
+            "patch": patch,
+        }
+
+    async def _authorize_existing(self, ctx: Ctx, ref: ConfigRef, action: Action) -> ConfigVersion:
+        """Authorize on the entry's namespace, environment and classification; 404 if it never existed."""
+        resource = f"config/{ref}"
+        await self.core.authorize(ctx, policy.Request(action, ref.environment, ref.namespace), resource)
+        latest = await self.core.storage.get_version(ctx.principal.tenant_id, ref)
+        if latest is None:
+            raise NotFound(f"config {ref.namespace}/{ref.key} not found in {ref.environment.value}")
+        cls = _classification(latest.metadata)
+        if cls == "restricted":
+            await self.core.authorize(
+                ctx, policy.Request(action, ref.environment, ref.namespace, cls), resource
+            )
+        return latest
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def check_value(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise InvalidInput(
+                f"'value' must be a JSON object, got {type(value).__name__ if value is not None else 'null'}"
+            )
+        size = len(canonical_json(value))
+        if size > self.max_value_bytes:
+            raise InvalidInput(f"'value' is {size} bytes; the limit is {self.max_value_bytes}")
+        return value
+
+    async def put(
+        self,
+        ctx: Ctx,
+        ref: ConfigRef,
+        value: Any,
+        *,
+        message: str = "",
+        expected_version: int | None = None,
+        metadata: Any = None,
+    ) -> WriteResult:
+        value = self.check_value(value)
+        meta = validate_metadata(metadata)
+        tenant_id = ctx.principal.tenant_id
+        resource = f"config/{ref}"
+        current = await self.core.storage.get_version(tenant_id, ref)
+        old_cls = _classification(current.metadata) if current and not current.tombstone else None
+        await self.core.authorize(
+            ctx,
+            policy.Request(
+                Action.CONFIG_WRITE,
+                ref.environment,
+                ref.namespace,
+                _strictest(old_cls, _classification(meta)),
+            ),
+            resource,
+        )
+        await self.schemas.validate_for(tenant_id, ref.namespace, ref.key, value)
+
+        async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
+            if latest is not None and not latest.tombstone:
+                if latest.sha256 == sha256_of(value) and latest.metadata == meta:
+                    return None
+                return await self._next(tx, ctx, ref, latest, value, ChangeType.UPDATE, message, meta)
+            return await self._next(tx, ctx, ref, latest, value, ChangeType.CREATE, message, meta)
+
+        return await self._write(ctx, ref, "config:put", expected_version, build)
+
+    async def delete(
+        self, ctx: Ctx, ref: ConfigRef, *, message: str = "", expected_version: int | None = None
+    ) -> WriteResult:
+        await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
+
+        async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
+            if latest is None or latest.tombstone:
+                raise NotFound(f"config {ref.namespace}/{ref.key} not found in {ref.environment.value}")
+            return await self._next(
+                tx, ctx, ref, latest, {}, ChangeType.DELETE, message, latest.metadata, tombstone=True
+            )
+
+        return await self._write(ctx, ref, "config:delete", expected_version, build)
+
+    async def rollback(
+        self,
+        ctx: Ctx,
+        ref: ConfigRef,
+        version: Any,
+        *,
+        message: str = "",
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidInput("'version' must be a positive integer")
+        await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
+        target = await self.core.storage.get_version(ctx.principal.tenant_id, ref, version)
+        if target is None:
+            raise NotFound(
+                f"version {version} of config {ref.namespace}/{ref.key} not found in {ref.environment.value}"
+            )
+        if target.tombstone:
+            raise InvalidInput(f"version {version} is a deletion; roll back to a version with a value")
+        await self.schemas.validate_for(ctx.principal.tenant_id, ref.namespace, ref.key, target.value)
+
+        async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
+            note = message or f"rollback to version {version}"
+            return await self._next(
+                tx,
+                ctx,
+                ref,
+                latest,
+                target.value,
+                ChangeType.ROLLBACK,
+                note,
+                target.metadata,
+                rolled_back_to=version,
+            )
+
+        return await self._write(ctx, ref, "config:rollback", expected_version, build)
+
+    async def _next(
+        self,
+        tx: WriteTx,
+        ctx: Ctx,
+        ref: ConfigRef,
+        latest: ConfigVersion | None,
+        value: dict[str, Any],
+        change: ChangeType,
+        message: str,
+        metadata: dict[str, Any],
+        *,
+        tombstone: bool = False,
+        rolled_back_to: int | None = None,
+    ) -> ConfigVersion:
+        previous = latest.value if latest is not None else {}
+        meta = dict(metadata)
+        if rolled_back_to is not None:
+            meta["rolled_back_to"] = rolled_back_to
+        return ConfigVersion(
+            namespace=ref.namespace,
+            key=ref.key,
+            environment=ref.environment,
+            version=(latest.version if latest else 0) + 1,
+            revision=await tx.next_revision(),
+            value=value,
+            sha256=sha256_of(value),
+            change_type=change,
+            author=ctx.principal.name,
+            message=message[:2000],
+            created_at=self.core.now_iso(),
+            patch=jsonpatch.make_patch(previous, value).patch,
+            tombstone=tombstone,
+            metadata=meta,
+        )
+
+    async def _write(
+        self,
+        ctx: Ctx,
+        ref: ConfigRef,
+        action: str,
+        expected_version: int | None,
+        build: Callable[[WriteTx, ConfigVersion | None], Awaitable[ConfigVersion | None]],
+    ) -> WriteResult:
+        if expected_version is not None and (
+            not isinstance(expected_version, int)
+            or isinstance(expected_version, bool)
+            or expected_version < 0
+        ):
+            raise InvalidInput("expected_version must be a non-negative integer (0: must not exist yet)")
+        tenant_id = ctx.principal.tenant_id
+        resource = f"config/{ref}"
+        async with self.core.storage.write(tenant_id) as tx:
+            latest = await tx.latest_version(ref)
+            current = latest.version if latest else 0
+            if expected_version is not None and expected_version != current:
+                raise Conflict(
+                    f"version conflict on {ref.namespace}/{ref.key} in {ref.environment.value}: "
+                    f"expected version {expected_version}, current version is {current}",
+                    expected_version=expected_version,
+                    current_version=current,
+                )
+            new = await build(tx, latest)
+            if new is None:
+                assert latest is not None
+                await self.core.audit_in(
+                    tx, self.core.draft(ctx, action, resource, "unchanged", {"version": latest.version})
+                )
+                return WriteResult(latest, changed=False)
+            await tx.insert_version(new)
+            await self.core.audit_in(
+                tx,
+                self.core.draft(
+                    ctx,
+                    action,
+                    resource,
+                    "ok",
+                    {
+                        "version": new.version,
+                        "revision": new.revision,
+                        "sha256": new.sha256,
+                        "change_type": new.change_type.value,
+                    },
+                ),
+            )
+        self._invalidate(tenant_id)
+        for hook in self.commit_hooks:
+            await hook(tenant_id, new)
+        return WriteResult(new, changed=True)
+
+    async def changes_since(self, ctx: Ctx, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
+        """Committed versions after ``revision`` in revision order (for watch and edge sync)."""
+        await self.core.authorize(ctx, policy.Request(Action.CONFIG_READ), "changes")
+        rows = await self.core.storage.changes_since(ctx.principal.tenant_id, revision, limit=limit)
+        scopes = ctx.principal.namespaces
+        return [r for r in rows if not scopes or namespace_in_scope(r.namespace, scopes)]

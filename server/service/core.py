@@ -1,0 +1,163 @@
+"""What every service shares: storage, the clock, tenant settings, authorization.
+
+``Core.authorize`` is the single place where a policy decision is taken and,
+when it denies, audited before ``PermissionDenied`` is raised. If that audit
+record can't be written the request still fails (with ``AuditWriteFailed``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from server.service import policy
+from server.service.policy import Decision, Principal
+from server.storage import AuditDraft, Storage, WriteTx
+from shared.errors import AuditWriteFailed, InvalidInput, NotFound, PermissionDenied, StorageError
+from shared.models import DEFAULT_CHAINS, Environment, parse_environment
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """The caller of one service operation."""
+
+    principal: Principal
+    request_id: str
+
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "chains": {env.value: [e.value for e in chain] for env, chain in DEFAULT_CHAINS.items()},
+    "change_window": None,
+    "audit_reads": False,
+}
+
+
+def validate_settings(raw: Any) -> dict[str, Any]:
+    """Merge ``raw`` over the defaults and check every field; return the full settings."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("settings must be a JSON object")
+    unknown = set(raw) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown settings: {', '.join(sorted(unknown))}; known: {', '.join(sorted(DEFAULT_SETTINGS))}"
+        )
+    out = copy.deepcopy(DEFAULT_SETTINGS)
+    if "chains" in raw:
+        chains = raw["chains"]
+        if not isinstance(chains, dict):
+            raise InvalidInput("settings.chains must map an environment to a list of environments")
+        for env_name, chain in chains.items():
+            env = parse_environment(env_name)
+            if not isinstance(chain, list) or not chain:
+                raise InvalidInput(f"settings.chains.{env.value} must be a non-empty list")
+            parsed = [parse_environment(str(e)).value for e in chain]
+            if len(set(parsed)) != len(parsed):
+                raise InvalidInput(f"settings.chains.{env.value} lists an environment twice")
+            if parsed[-1] != env.value:
+                raise InvalidInput(
+                    f"settings.chains.{env.value} must end with {env.value} (highest priority last)"
+                )
+            out["chains"][env.value] = parsed
+    if "change_window" in raw:
+        out["change_window"] = policy.validate_change_window(raw["change_window"])
+    if "audit_reads" in raw:
+        if not isinstance(raw["audit_reads"], bool):
+            raise InvalidInput("settings.audit_reads must be true or false")
+        out["audit_reads"] = raw["audit_reads"]
+    return out
+
+
+class Core:
+    def __init__(self, storage: Storage, *, clock: Clock = utc_now) -> None:
+        self.storage = storage
+        self.clock = clock
+        self._settings: dict[str, dict[str, Any]] = {}
+
+    def now_iso(self) -> str:
+        return iso(self.clock())
+
+    async def settings(self, tenant_id: str) -> dict[str, Any]:
+        cached = self._settings.get(tenant_id)
+        if cached is not None:
+            return cached
+        tenant = await self.storage.get_tenant(tenant_id)
+        if tenant is None:
+            raise NotFound("tenant not found")
+        merged = copy.deepcopy(DEFAULT_SETTINGS)
+        merged.update(tenant.settings)
+        self._settings[tenant_id] = merged
+        return merged
+
+    def forget_settings(self, tenant_id: str) -> None:
+        self._settings.pop(tenant_id, None)
+
+    async def chain(self, tenant_id: str, env: Environment) -> tuple[Environment, ...]:
+        names = (await self.settings(tenant_id))["chains"][env.value]
+        return tuple(Environment(n) for n in names)
+
+    def draft(
+        self,
+        ctx: Ctx,
+        action: str,
+        resource: str,
+        result: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> AuditDraft:
+        return AuditDraft(
+            time=self.now_iso(),
+            tenant_id=ctx.principal.tenant_id,
+            actor=ctx.principal.actor,
+            action=action,
+            resource=resource,
+            result=result,
+            request_id=ctx.request_id,
+            metadata=metadata or {},
+        )
+
+    async def audit(self, chain: str, draft: AuditDraft) -> None:
+        """Append one record in a transaction of its own; fail closed."""
+        try:
+            async with self.storage.write(chain) as tx:
+                await tx.append_audit(draft)
+        except StorageError as exc:
+            raise AuditWriteFailed("the audit record could not be written; nothing was done") from exc
+
+    @staticmethod
+    async def audit_in(tx: WriteTx, draft: AuditDraft) -> None:
+        try:
+            await tx.append_audit(draft)
+        except StorageError as exc:
+            raise AuditWriteFailed("the audit record could not be written; nothing was done") from exc
+
+    async def check(self, ctx: Ctx, request: policy.Request) -> Decision:
+        settings = await self.settings(ctx.principal.tenant_id)
+        return policy.decide(ctx.principal, request, settings, self.clock())
+
+    async def authorize(self, ctx: Ctx, request: policy.Request, resource: str) -> Decision:
+        decision = await self.check(ctx, request)
+        if not decision.allowed:
+            await self.audit(
+                ctx.principal.tenant_id,
+                self.draft(
+                    ctx,
+                    request.action.value,
+                    resource,
+                    "denied",
+                    {"rule": decision.rule, "reason": decision.reason},
+                ),
+            )
+            raise PermissionDenied(decision.reason, rule=decision.rule)
+        return decision

@@ -1,0 +1,190 @@
+"""Role-based policy: default deny, deny rules first, every decision explainable.
+
+A decision names the rule that made it, so ``explain`` and the audit log can
+say why. Deny rules (production change window, restricted classification,
+namespace scope of a token) are checked before any role grants; if no role
+grants the action the default rule denies it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.errors import InvalidInput
+from shared.models import Environment
+
+
+class Action(StrEnum):
+    CONFIG_READ = "config:read"
+    CONFIG_WRITE = "config:write"
+    SCHEMA_READ = "schema:read"
+    SCHEMA_WRITE = "schema:write"
+    AUDIT_READ = "audit:read"
+    TOKEN_MANAGE = "token:manage"
+    SETTINGS_READ = "settings:read"
+    SETTINGS_WRITE = "settings:write"
+    TENANT_MANAGE = "tenant:manage"
+
+
+ROLES = ("global-admin", "tenant-admin", "operator", "developer", "service-account", "pii-authorized")
+ALL_ENVS = frozenset(Environment)
+_CONFIG_ACTIONS = {Action.CONFIG_READ, Action.CONFIG_WRITE}
+
+# role -> action -> environments it may act on (None: the action has no environment)
+GRANTS: dict[str, dict[Action, frozenset[Environment] | None]] = {
+    "global-admin": {a: (ALL_ENVS if a in _CONFIG_ACTIONS else None) for a in Action},
+    "tenant-admin": {
+        a: (ALL_ENVS if a in _CONFIG_ACTIONS else None) for a in Action if a is not Action.TENANT_MANAGE
+    },
+    "operator": {
+        Action.CONFIG_READ: ALL_ENVS,
+        Action.CONFIG_WRITE: ALL_ENVS,
+        Action.SCHEMA_READ: None,
+        Action.AUDIT_READ: None,
+        Action.SETTINGS_READ: None,
+    },
+    "developer": {
+        Action.CONFIG_READ: frozenset({Environment.GLOBAL, Environment.DEVELOPMENT, Environment.STAGING}),
+        Action.CONFIG_WRITE: frozenset({Environment.DEVELOPMENT}),
+        Action.SCHEMA_READ: None,
+    },
+    "service-account": {Action.CONFIG_READ: ALL_ENVS},
+    "pii-authorized": {},
+}
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: resolved from a bearer token."""
+
+    token_id: str
+    tenant_id: str
+    name: str
+    roles: frozenset[str]
+    namespaces: tuple[str, ...]  # empty: not limited to namespaces
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "token_id": self.token_id,
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "roles": sorted(self.roles),
+            "namespaces": list(self.namespaces),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "rule": self.rule, "reason": self.reason}
+
+
+def namespace_in_scope(namespace: str, scopes: tuple[str, ...]) -> bool:
+    """A scope names a namespace, its descendants (``a`` covers ``a/b``), or a glob."""
+    for scope in scopes:
+        if namespace == scope or namespace.startswith(scope + "/"):
+            return True
+        if any(c in scope for c in "*?[") and fnmatch.fnmatchcase(namespace, scope):
+            return True
+    return False
+
+
+def validate_change_window(window: Any) -> dict[str, Any] | None:
+    """Check a tenant's change window setting; None turns the rule off."""
+    if window is None:
+        return None
+    if not isinstance(window, dict):
+        raise InvalidInput(
+            "change_window must be an object like "
+            '{"days": ["mon", "tue"], "start": "09:00", "end": "17:00"} or null'
+        )
+    days = window.get("days", list(_DAYS[:5]))
+    if not isinstance(days, list) or not days or any(d not in _DAYS for d in days):
+        raise InvalidInput(f"change_window.days must be a non-empty list of {', '.join(_DAYS)}")
+    for field in ("start", "end"):
+        raw = window.get(field)
+        try:
+            datetime.strptime(str(raw), "%H:%M")
+        except ValueError:
+            raise InvalidInput(f"change_window.{field} must be a time like 09:00 (UTC)") from None
+    if window["start"] >= window["end"]:
+        raise InvalidInput("change_window.start must be earlier than change_window.end")
+    return {"days": days, "start": window["start"], "end": window["end"]}
+
+
+def in_change_window(window: dict[str, Any], now: datetime) -> bool:
+    day = _DAYS[now.weekday()]
+    hhmm = now.strftime("%H:%M")
+    return day in window["days"] and window["start"] <= hhmm < window["end"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a principal wants to do, with the facts the rules need."""
+
+    action: Action
+    environment: Environment | None = None
+    namespace: str | None = None
+    classification: str | None = None
+
+
+def decide(principal: Principal, request: Request, settings: dict[str, Any], now: datetime) -> Decision:
+    """Evaluate the policy. Pure: the caller supplies the tenant settings and the clock."""
+    action = request.action
+    if principal.namespaces and request.namespace is not None and action in _CONFIG_ACTIONS:
+        if not namespace_in_scope(request.namespace, principal.namespaces):
+            return Decision(
+                False,
+                "deny:namespace-scope",
+                f"token is limited to namespaces {', '.join(principal.namespaces)}; "
+                f"{request.namespace!r} is outside them",
+            )
+    if request.classification == "restricted" and action in _CONFIG_ACTIONS:
+        if "pii-authorized" not in principal.roles:
+            return Decision(
+                False,
+                "deny:restricted-classification",
+                "the config is classified 'restricted' and the token lacks the pii-authorized role",
+            )
+    window = settings.get("change_window")
+    if (
+        action is Action.CONFIG_WRITE
+        and request.environment is Environment.PRODUCTION
+        and window
+        and not in_change_window(window, now)
+    ):
+        return Decision(
+            False,
+            "deny:production-change-window",
+            f"production writes are allowed only {','.join(window['days'])} "
+            f"{window['start']}-{window['end']} UTC",
+        )
+    for role in sorted(principal.roles):
+        grants = GRANTS.get(role, {})
+        if action not in grants:
+            continue
+        envs = grants[action]
+        if envs is None or request.environment is None or request.environment in envs:
+            where = f" in {request.environment.value}" if request.environment else ""
+            return Decision(True, f"allow:role:{role}", f"role {role} grants {action.value}{where}")
+    where = f" in {request.environment.value}" if request.environment else ""
+    return Decision(
+        False,
+        "deny:default",
+        f"no role of this token ({', '.join(sorted(principal.roles)) or 'none'}) grants "
+        f"{action.value}{where}",
+    )

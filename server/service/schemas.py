@@ -1,0 +1,154 @@
+"""JSON Schema registry: named schemas, bindings to namespace/key globs, validation.
+
+Schemas are checked with ``jsonschema`` (draft 2020-12 by default, or the
+draft their ``$schema`` names). A write is validated against every schema
+bound to its namespace and key; every violation is reported with its JSON
+Pointer, not only the first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import uuid
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+
+from server.service import policy
+from server.service.builtin_schemas import BUILTIN_SCHEMAS
+from server.service.core import Core, Ctx
+from server.service.policy import Action
+from shared.errors import AlreadyExists, InvalidInput, NotFound, SchemaViolation
+from shared.merge import pointer_escape
+from shared.models import SchemaBinding, SchemaRecord
+
+SCHEMA_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}", re.ASCII)
+GLOB_RE = re.compile(r"[a-z0-9_/*?-]{1,500}", re.ASCII)
+
+
+def _validator(schema: dict[str, Any]) -> Validator:
+    cls = jsonschema.validators.validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = "/" + "/".join(pointer_escape(str(p)) for p in exc.path) if exc.path else "(root)"
+        raise InvalidInput(f"not a valid JSON Schema at {where}: {exc.message[:300]}") from None
+    return cls(schema)
+
+
+def violations_of(schema_name: str, schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
+    """Every violation of ``schema`` by ``value``, sorted by JSON Pointer."""
+    validator = _validator(schema)
+    found = []
+    for error in validator.iter_errors(value):
+        pointer = "".join("/" + pointer_escape(str(p)) for p in error.absolute_path)
+        found.append(
+            {
+                "pointer": pointer or "/",
+                "message": error.message[:500],
+                "schema": schema_name,
+                "schema_path": "/" + "/".join(pointer_escape(str(p)) for p in error.absolute_schema_path),
+            }
+        )
+    return sorted(found, key=lambda v: (v["pointer"], v["schema_path"]))
+
+
+def raise_if_invalid(violations: list[dict[str, str]], subject: str) -> None:
+    if violations:
+        first = violations[0]
+        raise SchemaViolation(
+            f"{subject} violates its schema in {len(violations)} place(s); first: "
+            f"{first['pointer']}: {first['message']}",
+            violations,
+        )
+
+
+class SchemaService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def _schema(self, tenant_id: str, name: str) -> SchemaRecord | None:
+        if name in BUILTIN_SCHEMAS:
+            return SchemaRecord(name, BUILTIN_SCHEMAS[name], True, "")
+        return await self.core.storage.get_schema(tenant_id, name)
+
+    async def list_schemas(self, ctx: Ctx) -> list[SchemaRecord]:
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_READ), "schemas")
+        builtin = [SchemaRecord(n, s, True, "") for n, s in BUILTIN_SCHEMAS.items()]
+        return builtin + await self.core.storage.list_schemas(ctx.principal.tenant_id)
+
+    async def get_schema(self, ctx: Ctx, name: str) -> SchemaRecord:
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_READ), f"schema/{name[:100]}")
+        record = await self._schema(ctx.principal.tenant_id, name)
+        if record is None:
+            raise NotFound(f"schema {name[:100]!r} not found")
+        return record
+
+    async def put_schema(self, ctx: Ctx, name: str, schema: Any) -> SchemaRecord:
+        if not SCHEMA_NAME_RE.fullmatch(name):
+            raise InvalidInput("schema name must match ^[a-z0-9][a-z0-9_.-]{0,99}$")
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_WRITE), f"schema/{name}")
+        if name in BUILTIN_SCHEMAS:
+            raise AlreadyExists(f"schema {name!r} is built in and cannot be replaced")
+        if not isinstance(schema, dict):
+            raise InvalidInput("'schema' must be a JSON object (a JSON Schema)")
+        _validator(schema)
+        record = SchemaRecord(name, schema, False, self.core.now_iso())
+        tenant_id = ctx.principal.tenant_id
+        async with self.core.storage.write(tenant_id) as tx:
+            await tx.put_schema(tenant_id, record)
+            await self.core.audit_in(tx, self.core.draft(ctx, "schema:put", f"schema/{name}", "ok"))
+        return record
+
+    async def list_bindings(self, ctx: Ctx) -> list[SchemaBinding]:
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_READ), "schema-bindings")
+        return await self.core.storage.list_bindings(ctx.principal.tenant_id)
+
+    async def bind(self, ctx: Ctx, schema_name: str, namespace_glob: str, key_glob: str) -> SchemaBinding:
+        for label, glob in (("namespace", namespace_glob), ("key", key_glob)):
+            if not isinstance(glob, str) or not GLOB_RE.fullmatch(glob):
+                raise InvalidInput(f"{label} glob must use a-z, 0-9, '-', '_', '/', '*', '?'")
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_WRITE), "schema-bindings")
+        tenant_id = ctx.principal.tenant_id
+        if await self._schema(tenant_id, schema_name) is None:
+            raise NotFound(f"schema {schema_name[:100]!r} not found")
+        binding = SchemaBinding(
+            "bnd_" + uuid.uuid4().hex[:16], schema_name, namespace_glob, key_glob, self.core.now_iso()
+        )
+        async with self.core.storage.write(tenant_id) as tx:
+            await tx.insert_binding(tenant_id, binding)
+            await self.core.audit_in(
+                tx,
+                self.core.draft(ctx, "schema:bind", f"schema-binding/{binding.id}", "ok", binding.to_dict()),
+            )
+        return binding
+
+    async def unbind(self, ctx: Ctx, binding_id: str) -> None:
+        await self.core.authorize(ctx, policy.Request(Action.SCHEMA_WRITE), "schema-bindings")
+        tenant_id = ctx.principal.tenant_id
+        async with self.core.storage.write(tenant_id) as tx:
+            if not await tx.delete_binding(tenant_id, binding_id):
+                raise NotFound(f"schema binding {binding_id[:40]!r} not found")
+            await self.core.audit_in(
+                tx, self.core.draft(ctx, "schema:unbind", f"schema-binding/{binding_id}", "ok")
+            )
+
+    async def validate_for(self, tenant_id: str, namespace: str, key: str, value: Any) -> None:
+        """Raise ``SchemaViolation`` listing every violation of every bound schema."""
+        bindings = await self.core.storage.list_bindings(tenant_id)
+        found: list[dict[str, str]] = []
+        for binding in bindings:
+            if not (
+                fnmatch.fnmatchcase(namespace, binding.namespace_glob)
+                and fnmatch.fnmatchcase(key, binding.key_glob)
+            ):
+                continue
+            record = await self._schema(tenant_id, binding.schema_name)
+            if record is None:
+                continue
+            found.extend(violations_of(record.name, record.schema, value))
+        raise_if_invalid(found, f"{namespace}/{key}")

@@ -1,0 +1,311 @@
+"""Tenants, bearer tokens and tenant settings; turning a token into a Principal.
+
+Tokens are ``lcm_`` + 32 random bytes (base64url). Only their SHA-256 is
+stored; the plaintext is returned once, at creation. Failed authentications
+are audited with a short fingerprint of the presented token, never the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from server.service import policy
+from server.service.core import Core, Ctx, iso, validate_settings
+from server.service.policy import ROLES, Action, Principal
+from server.storage import SYSTEM_CHAIN, AuditDraft
+from shared.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from shared.models import Tenant, TokenRecord
+
+TOKEN_PREFIX = "lcm_"
+_AUTH_CACHE_TTL = 30.0
+_AUTH_CACHE_MAX = 10_000
+_TENANT_NAME_MAX = 100
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def principal_of(token: TokenRecord) -> Principal:
+    return Principal(
+        token_id=token.id,
+        tenant_id=token.tenant_id,
+        name=token.name,
+        roles=frozenset(token.roles),
+        namespaces=token.namespaces,
+    )
+
+
+def _check_roles(roles: Any) -> tuple[str, ...]:
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+        raise InvalidInput(f"roles must be a non-empty list of: {', '.join(ROLES)}")
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise InvalidInput(f"unknown roles {', '.join(unknown)}; known: {', '.join(ROLES)}")
+    return tuple(dict.fromkeys(roles))
+
+
+def _check_scopes(namespaces: Any) -> tuple[str, ...]:
+    if namespaces is None:
+        return ()
+    if not isinstance(namespaces, list) or not all(isinstance(n, str) and n for n in namespaces):
+        raise InvalidInput("namespaces must be a list of namespace names or globs")
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-/*?")
+    for scope in namespaces:
+        if not set(scope) <= allowed or len(scope) > 500:
+            raise InvalidInput(f"invalid namespace scope {scope[:80]!r}: use a-z, 0-9, '-', '/', '*', '?'")
+    return tuple(namespaces)
+
+
+class TenantService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._auth_cache: dict[str, tuple[float, TokenRecord]] = {}
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def authenticate(self, raw: str | None, request_id: str) -> Principal:
+        if not raw:
+            await self._audit_auth_failure(SYSTEM_CHAIN, "", "no bearer token", None, request_id)
+            raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        digest = hash_token(raw)
+        now = time.monotonic()
+        cached = self._auth_cache.get(digest)
+        if cached is not None and now - cached[0] < _AUTH_CACHE_TTL:
+            token: TokenRecord | None = cached[1]
+        else:
+            token = await self.core.storage.get_token_by_hash(digest)
+            if token is not None:
+                if len(self._auth_cache) >= _AUTH_CACHE_MAX:
+                    self._auth_cache.clear()
+                self._auth_cache[digest] = (now, token)
+        if token is None:
+            await self._audit_auth_failure(SYSTEM_CHAIN, "", "unknown token", digest, request_id)
+            raise Unauthenticated("invalid token")
+        if token.revoked:
+            await self._audit_auth_failure(token.tenant_id, token.id, "revoked token", digest, request_id)
+            raise Unauthenticated("token has been revoked")
+        if token.expires_at is not None and token.expires_at <= self.core.now_iso():
+            await self._audit_auth_failure(token.tenant_id, token.id, "expired token", digest, request_id)
+            raise Unauthenticated("token has expired")
+        return principal_of(token)
+
+    async def _audit_auth_failure(
+        self, chain: str, token_id: str, reason: str, digest: str | None, request_id: str
+    ) -> None:
+        metadata: dict[str, Any] = {"reason": reason}
+        if digest:
+            metadata["token_fingerprint"] = digest[:12]
+        await self.core.audit(
+            chain,
+            AuditDraft(
+                time=self.core.now_iso(),
+                tenant_id="" if chain == SYSTEM_CHAIN else chain,
+                actor=f"token:{token_id}" if token_id else "anonymous",
+                action="auth",
+                resource="token",
+                result="denied",
+                request_id=request_id,
+                metadata=metadata,
+            ),
+        )
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    async def bootstrap(self, name: str) -> tuple[Tenant, str]:
+        """Create the first tenant and a global-admin token (``llm-config-server init``)."""
+        tenant = self._new_tenant(name)
+        token, record = self._new_token_record(
+            tenant.id, "bootstrap-admin", ("global-admin",), (), None, "init"
+        )
+        async with self.core.storage.write(tenant.id) as tx:
+            await tx.insert_tenant(tenant)
+            await tx.insert_token(record)
+            await self.core.audit_in(
+                tx,
+                AuditDraft(
+                    time=self.core.now_iso(),
+                    tenant_id=tenant.id,
+                    actor="init",
+                    action="tenant:create",
+                    resource=f"tenant/{tenant.id}",
+                    result="ok",
+                    request_id="init",
+                    metadata={"name": name, "admin_token_id": record.id},
+                ),
+            )
+        return tenant, token
+
+    def _new_tenant(self, name: str) -> Tenant:
+        if not isinstance(name, str) or not name or len(name) > _TENANT_NAME_MAX:
+            raise InvalidInput(f"tenant name must be 1-{_TENANT_NAME_MAX} characters")
+        if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+            raise InvalidInput("tenant name may contain only ASCII letters, digits, '-', '_' and '.'")
+        return Tenant(id=str(uuid.uuid4()), name=name, status="active", created_at=self.core.now_iso())
+
+    async def create_tenant(
+        self, ctx: Ctx, name: str, *, admin_token: bool = False
+    ) -> tuple[Tenant, str | None, TokenRecord | None]:
+        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), "tenants")
+        tenant = self._new_tenant(name)
+        token: str | None = None
+        record: TokenRecord | None = None
+        if admin_token:
+            token, record = self._new_token_record(
+                tenant.id, f"{name}-admin", ("tenant-admin",), (), None, ctx.principal.actor
+            )
+        # the record of the creation goes on the creator's chain; the tenant starts its own
+        async with self.core.storage.write(ctx.principal.tenant_id) as tx:
+            await tx.insert_tenant(tenant)
+            if record is not None:
+                await tx.insert_token(record)
+            meta: dict[str, Any] = {"name": name}
+            if record is not None:
+                meta["admin_token_id"] = record.id
+            await self.core.audit_in(
+                tx, self.core.draft(ctx, "tenant:create", f"tenant/{tenant.id}", "ok", meta)
+            )
+        return tenant, token, record
+
+    async def list_tenants(self, ctx: Ctx) -> list[Tenant]:
+        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), "tenants")
+        return await self.core.storage.list_tenants()
+
+    async def get_tenant(self, ctx: Ctx, tenant_id: str) -> Tenant:
+        if tenant_id != ctx.principal.tenant_id:
+            await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), "tenants")
+        tenant = await self.core.storage.get_tenant(tenant_id)
+        if tenant is None:
+            raise NotFound("tenant not found")
+        return tenant
+
+    # -- settings --------------------------------------------------------------------------
+
+    async def get_settings(self, ctx: Ctx) -> dict[str, Any]:
+        await self.core.authorize(ctx, policy.Request(Action.SETTINGS_READ), "settings")
+        return await self.core.settings(ctx.principal.tenant_id)
+
+    async def put_settings(self, ctx: Ctx, raw: Any) -> dict[str, Any]:
+        await self.core.authorize(ctx, policy.Request(Action.SETTINGS_WRITE), "settings")
+        settings = validate_settings(raw)
+        tenant_id = ctx.principal.tenant_id
+        async with self.core.storage.write(tenant_id) as tx:
+            await tx.update_tenant_settings(tenant_id, settings)
+            await self.core.audit_in(
+                tx, self.core.draft(ctx, "settings:write", "settings", "ok", {"fields": sorted(raw)})
+            )
+        self.core.forget_settings(tenant_id)
+        return settings
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def _new_token_record(
+        self,
+        tenant_id: str,
+        name: str,
+        roles: tuple[str, ...],
+        namespaces: tuple[str, ...],
+        expires_at: str | None,
+        created_by: str,
+    ) -> tuple[str, TokenRecord]:
+        token = new_token()
+        record = TokenRecord(
+            id="tok_" + uuid.uuid4().hex[:20],
+            tenant_id=tenant_id,
+            name=name,
+            token_hash=hash_token(token),
+            roles=roles,
+            namespaces=namespaces,
+            created_at=self.core.now_iso(),
+            expires_at=expires_at,
+            revoked=False,
+            created_by=created_by,
+        )
+        return token, record
+
+    async def _target_tenant(self, ctx: Ctx, tenant_id: str | None) -> str:
+        """Own tenant by default; another tenant only for global-admin, without revealing it exists."""
+        if tenant_id is None or tenant_id == ctx.principal.tenant_id:
+            await self.core.authorize(ctx, policy.Request(Action.TOKEN_MANAGE), "tokens")
+            return ctx.principal.tenant_id
+        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), f"tenant/{tenant_id}/tokens")
+        if await self.core.storage.get_tenant(tenant_id) is None:
+            raise NotFound("tenant not found")
+        return tenant_id
+
+    async def create_token(
+        self,
+        ctx: Ctx,
+        *,
+        name: str,
+        roles: Any,
+        namespaces: Any = None,
+        expires_in: Any = None,
+        tenant_id: str | None = None,
+    ) -> tuple[str, TokenRecord]:
+        if not isinstance(name, str) or not name or len(name) > 100:
+            raise InvalidInput("token name must be 1-100 characters")
+        checked_roles = _check_roles(roles)
+        scopes = _check_scopes(namespaces)
+        expires_at: str | None = None
+        if expires_in is not None:
+            if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
+                raise InvalidInput("expires_in must be a positive number of seconds")
+            expires_at = iso(self.core.clock() + timedelta(seconds=expires_in))
+        target = await self._target_tenant(ctx, tenant_id)
+        if "global-admin" in checked_roles and "global-admin" not in ctx.principal.roles:
+            decision = policy.Decision(
+                False, "deny:role-escalation", "only a global-admin may create a global-admin token"
+            )
+            await self.core.audit(
+                ctx.principal.tenant_id,
+                self.core.draft(ctx, "token:create", "tokens", "denied", decision.to_dict()),
+            )
+            raise PermissionDenied(decision.reason, rule=decision.rule)
+        token, record = self._new_token_record(
+            target, name, checked_roles, scopes, expires_at, ctx.principal.actor
+        )
+        async with self.core.storage.write(target) as tx:
+            await tx.insert_token(record)
+            await self.core.audit_in(
+                tx,
+                self.core.draft(
+                    ctx,
+                    "token:create",
+                    f"token/{record.id}",
+                    "ok",
+                    {
+                        "name": name,
+                        "roles": list(checked_roles),
+                        "namespaces": list(scopes),
+                        "expires_at": expires_at,
+                    },
+                ),
+            )
+        return token, record
+
+    async def list_tokens(self, ctx: Ctx, tenant_id: str | None = None) -> list[TokenRecord]:
+        target = await self._target_tenant(ctx, tenant_id)
+        return await self.core.storage.list_tokens(target)
+
+    async def revoke_token(self, ctx: Ctx, token_id: str, tenant_id: str | None = None) -> TokenRecord:
+        target = await self._target_tenant(ctx, tenant_id)
+        record = await self.core.storage.get_token(target, token_id)
+        if record is None:
+            raise NotFound(f"token {token_id[:40]!r} not found")
+        async with self.core.storage.write(target) as tx:
+            await tx.revoke_token(target, token_id)
+            await self.core.audit_in(tx, self.core.draft(ctx, "token:revoke", f"token/{token_id}", "ok"))
+        self._auth_cache = {h: v for h, v in self._auth_cache.items() if v[1].id != token_id}
+        return replace(record, revoked=True)

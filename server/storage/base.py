@@ -1,0 +1,152 @@
+"""The storage interface every backend implements (SQLite now, PostgreSQL later).
+
+Reads are plain async methods that always take the tenant id: no query crosses
+tenants. Writes happen inside ``Storage.write(chain)``, an async context
+manager yielding a ``WriteTx``: the backend serializes writers per chain (one
+chain per tenant, plus ``SYSTEM_CHAIN`` for events that have no tenant), hands
+out the next revision, and commits the config change and its audit record
+together or not at all. That is what makes audit fail-closed and revisions
+gap-free. The same contract tests (tests/server/storage) run against every
+backend.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.models import (
+    AuditRecord,
+    ConfigRef,
+    ConfigVersion,
+    Environment,
+    SchemaBinding,
+    SchemaRecord,
+    Tenant,
+    TokenRecord,
+)
+
+SYSTEM_CHAIN = "_system"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """An audit record before the store gives it a sequence number and hashes."""
+
+    time: str
+    tenant_id: str
+    actor: str
+    action: str
+    resource: str
+    result: str
+    request_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class WriteTx(Protocol):
+    """One serialized write transaction on one chain (tenant)."""
+
+    chain: str
+
+    async def current_revision(self) -> int: ...
+
+    async def next_revision(self) -> int:
+        """Increment and return the chain's revision counter."""
+        ...
+
+    async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
+        """The newest version row (tombstone or not) of ``ref`` in this chain's tenant."""
+        ...
+
+    async def get_version(self, ref: ConfigRef, version: int) -> ConfigVersion | None: ...
+
+    async def insert_version(self, version: ConfigVersion) -> None: ...
+
+    async def append_audit(self, draft: AuditDraft) -> AuditRecord: ...
+
+    async def insert_tenant(self, tenant: Tenant) -> None: ...
+
+    async def update_tenant_settings(self, tenant_id: str, settings: dict[str, Any]) -> None: ...
+
+    async def insert_token(self, token: TokenRecord) -> None: ...
+
+    async def revoke_token(self, tenant_id: str, token_id: str) -> bool: ...
+
+    async def put_schema(self, tenant_id: str, record: SchemaRecord) -> None: ...
+
+    async def insert_binding(self, tenant_id: str, binding: SchemaBinding) -> None: ...
+
+    async def delete_binding(self, tenant_id: str, binding_id: str) -> bool: ...
+
+
+class Storage(Protocol):
+    """An opened store. Use ``async with open_storage(url) as storage``."""
+
+    url_for_logs: str
+
+    def write(self, chain: str) -> AbstractAsyncContextManager[WriteTx]: ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageError`` if the store can't answer."""
+        ...
+
+    async def current_revision(self, tenant_id: str) -> int: ...
+
+    async def audit_head(self, chain: str) -> tuple[int, str]:
+        """(last seq, last hash) of a chain as recorded at write time; detects truncation."""
+        ...
+
+    # tenants and tokens
+    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+
+    async def get_tenant_by_name(self, name: str) -> Tenant | None: ...
+
+    async def list_tenants(self) -> list[Tenant]: ...
+
+    async def get_token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    async def get_token(self, tenant_id: str, token_id: str) -> TokenRecord | None: ...
+
+    async def list_tokens(self, tenant_id: str) -> list[TokenRecord]: ...
+
+    # configs
+    async def get_version(
+        self, tenant_id: str, ref: ConfigRef, version: int | None = None
+    ) -> ConfigVersion | None:
+        """A given version, or the newest row (which may be a tombstone) when ``version`` is None."""
+        ...
+
+    async def latest_in_envs(
+        self, tenant_id: str, namespace: str, key: str, environments: tuple[Environment, ...]
+    ) -> dict[Environment, ConfigVersion]:
+        """The newest row of (namespace, key) in each of ``environments`` that has one."""
+        ...
+
+    async def history(
+        self, tenant_id: str, ref: ConfigRef, *, limit: int = 100, before_version: int | None = None
+    ) -> list[ConfigVersion]:
+        """Versions newest first."""
+        ...
+
+    async def list_latest(
+        self, tenant_id: str, environments: tuple[Environment, ...] | None = None
+    ) -> list[ConfigVersion]:
+        """The newest row of every entry (tombstones included), optionally in some environments."""
+        ...
+
+    async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
+        """Config versions with revision > ``revision``, in revision order."""
+        ...
+
+    # schemas
+    async def list_schemas(self, tenant_id: str) -> list[SchemaRecord]: ...
+
+    async def get_schema(self, tenant_id: str, name: str) -> SchemaRecord | None: ...
+
+    async def list_bindings(self, tenant_id: str) -> list[SchemaBinding]: ...
+
+    # audit
+    async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records of one chain with seq > ``after_seq``, in stored order of seq."""
+        ...

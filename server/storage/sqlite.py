@@ -1,0 +1,541 @@
+"""SQLite backend: the embedded default.
+
+WAL mode with ``synchronous=FULL`` so an acknowledged write is on disk before
+the response leaves. One writer connection, guarded by an asyncio lock and
+``BEGIN IMMEDIATE``, serializes writes (no lost update, no duplicate
+revision); a separate reader connection lets reads proceed during a write.
+sqlite3 errors are translated to ``StorageError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from server.audit_chain import GENESIS_HASH, record_hash
+from server.storage.base import AuditDraft
+from server.storage.migrations import SQLITE_MIGRATIONS
+from shared.errors import AlreadyExists, StorageError
+from shared.models import (
+    AuditRecord,
+    ChangeType,
+    ConfigRef,
+    ConfigVersion,
+    Environment,
+    SchemaBinding,
+    SchemaRecord,
+    Tenant,
+    TokenRecord,
+)
+
+_VERSION_COLS = (
+    "namespace, key, environment, version, revision, value, sha256, change_type, author, "
+    "message, created_at, patch, tombstone, metadata"
+)
+
+
+def _version(row: sqlite3.Row | tuple[Any, ...]) -> ConfigVersion:
+    return ConfigVersion(
+        namespace=row[0],
+        key=row[1],
+        environment=Environment(row[2]),
+        version=row[3],
+        revision=row[4],
+        value=json.loads(row[5]),
+        sha256=row[6],
+        change_type=ChangeType(row[7]),
+        author=row[8],
+        message=row[9],
+        created_at=row[10],
+        patch=json.loads(row[11]),
+        tombstone=bool(row[12]),
+        metadata=json.loads(row[13]),
+    )
+
+
+def _tenant(row: tuple[Any, ...]) -> Tenant:
+    return Tenant(id=row[0], name=row[1], status=row[2], created_at=row[3], settings=json.loads(row[4]))
+
+
+def _token(row: tuple[Any, ...]) -> TokenRecord:
+    return TokenRecord(
+        id=row[0],
+        tenant_id=row[1],
+        name=row[2],
+        token_hash=row[3],
+        roles=tuple(json.loads(row[4])),
+        namespaces=tuple(json.loads(row[5])),
+        created_at=row[6],
+        expires_at=row[7],
+        revoked=bool(row[8]),
+        created_by=row[9],
+    )
+
+
+def _audit(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(
+        seq=row[0],
+        chain=row[1],
+        time=row[2],
+        tenant_id=row[3],
+        actor=row[4],
+        action=row[5],
+        resource=row[6],
+        result=row[7],
+        request_id=row[8],
+        metadata=json.loads(row[9]),
+        prev_hash=row[10],
+        hash=row[11],
+    )
+
+
+_TENANT_COLS = "id, name, status, created_at, settings"
+_TOKEN_COLS = (
+    "id, tenant_id, name, token_hash, roles, namespaces, created_at, expires_at, revoked, created_by"
+)
+_AUDIT_COLS = (
+    "seq, chain, time, tenant_id, actor, action, resource, result, request_id, metadata, prev_hash, hash"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _translate(exc: Exception, what: str) -> StorageError:
+    retriable = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+    return StorageError(f"SQLite failed while {what}: {type(exc).__name__}", retriable=retriable)
+
+
+class SQLiteWriteTx:
+    """A write transaction on the single writer connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, chain: str) -> None:
+        self._conn = conn
+        self.chain = chain
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        async with self._conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def current_revision(self) -> int:
+        row = await self._one("SELECT revision FROM chains WHERE id = ?", (self.chain,))
+        return int(row[0]) if row else 0
+
+    async def next_revision(self) -> int:
+        row = await self._one(
+            "UPDATE chains SET revision = revision + 1 WHERE id = ? RETURNING revision", (self.chain,)
+        )
+        return int(row[0])
+
+    async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
+        row = await self._one(
+            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            "AND key = ? AND environment = ? ORDER BY version DESC LIMIT 1",
+            (self.chain, ref.namespace, ref.key, ref.environment.value),
+        )
+        return _version(row) if row else None
+
+    async def get_version(self, ref: ConfigRef, version: int) -> ConfigVersion | None:
+        row = await self._one(
+            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            "AND key = ? AND environment = ? AND version = ?",
+            (self.chain, ref.namespace, ref.key, ref.environment.value, version),
+        )
+        return _version(row) if row else None
+
+    async def insert_version(self, v: ConfigVersion) -> None:
+        await self._conn.execute(
+            f"INSERT INTO config_versions (tenant_id, {_VERSION_COLS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.chain,
+                v.namespace,
+                v.key,
+                v.environment.value,
+                v.version,
+                v.revision,
+                _dumps(v.value),
+                v.sha256,
+                v.change_type.value,
+                v.author,
+                v.message,
+                v.created_at,
+                _dumps(v.patch),
+                int(v.tombstone),
+                _dumps(v.metadata),
+            ),
+        )
+
+    async def append_audit(self, draft: AuditDraft) -> AuditRecord:
+        row = await self._one("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (self.chain,))
+        seq, prev_hash = (int(row[0]) + 1, row[1]) if row else (1, GENESIS_HASH)
+        fields: dict[str, Any] = {
+            "time": draft.time,
+            "tenant_id": draft.tenant_id,
+            "actor": draft.actor,
+            "action": draft.action,
+            "resource": draft.resource,
+            "result": draft.result,
+            "request_id": draft.request_id,
+            "metadata": draft.metadata,
+        }
+        digest = record_hash(prev_hash, seq, self.chain, fields)
+        await self._conn.execute(
+            f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                self.chain,
+                draft.time,
+                draft.tenant_id,
+                draft.actor,
+                draft.action,
+                draft.resource,
+                draft.result,
+                draft.request_id,
+                _dumps(draft.metadata),
+                prev_hash,
+                digest,
+            ),
+        )
+        await self._conn.execute(
+            "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?", (seq, digest, self.chain)
+        )
+        return AuditRecord(seq=seq, chain=self.chain, prev_hash=prev_hash, hash=digest, **fields)
+
+    async def insert_tenant(self, tenant: Tenant) -> None:
+        try:
+            await self._conn.execute(
+                f"INSERT INTO tenants ({_TENANT_COLS}) VALUES (?, ?, ?, ?, ?)",
+                (tenant.id, tenant.name, tenant.status, tenant.created_at, _dumps(tenant.settings)),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"a tenant named {tenant.name!r} already exists") from None
+        await self._conn.execute(
+            "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
+            "ON CONFLICT(id) DO NOTHING",
+            (tenant.id, GENESIS_HASH),
+        )
+
+    async def update_tenant_settings(self, tenant_id: str, settings: dict[str, Any]) -> None:
+        await self._conn.execute(
+            "UPDATE tenants SET settings = ? WHERE id = ?", (_dumps(settings), tenant_id)
+        )
+
+    async def insert_token(self, token: TokenRecord) -> None:
+        await self._conn.execute(
+            f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                token.id,
+                token.tenant_id,
+                token.name,
+                token.token_hash,
+                _dumps(list(token.roles)),
+                _dumps(list(token.namespaces)),
+                token.created_at,
+                token.expires_at,
+                int(token.revoked),
+                token.created_by,
+            ),
+        )
+
+    async def revoke_token(self, tenant_id: str, token_id: str) -> bool:
+        cur = await self._conn.execute(
+            "UPDATE tokens SET revoked = 1 WHERE tenant_id = ? AND id = ? AND revoked = 0",
+            (tenant_id, token_id),
+        )
+        return cur.rowcount > 0
+
+    async def put_schema(self, tenant_id: str, record: SchemaRecord) -> None:
+        await self._conn.execute(
+            "INSERT INTO schemas (tenant_id, name, schema, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(tenant_id, name) DO UPDATE SET schema = excluded.schema, "
+            "created_at = excluded.created_at",
+            (tenant_id, record.name, _dumps(record.schema), record.created_at),
+        )
+
+    async def insert_binding(self, tenant_id: str, binding: SchemaBinding) -> None:
+        await self._conn.execute(
+            "INSERT INTO schema_bindings (id, tenant_id, schema_name, namespace_glob, key_glob, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                binding.id,
+                tenant_id,
+                binding.schema_name,
+                binding.namespace_glob,
+                binding.key_glob,
+                binding.created_at,
+            ),
+        )
+
+    async def delete_binding(self, tenant_id: str, binding_id: str) -> bool:
+        cur = await self._conn.execute(
+            "DELETE FROM schema_bindings WHERE tenant_id = ? AND id = ?", (tenant_id, binding_id)
+        )
+        return cur.rowcount > 0
+
+
+class SQLiteStorage:
+    """``Storage`` on one SQLite file. Open with ``async with SQLiteStorage(path)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url_for_logs = f"sqlite:///{path.name}"
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> SQLiteStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        try:
+            self._writer = await self._connect()
+            await self.migrate()
+            self._reader = await self._connect()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise _translate(exc, "opening the database") from exc
+
+    async def migrate(self) -> list[int]:
+        """Apply missing schema migrations; return the versions applied."""
+        conn = self._require_writer()
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        async with conn.execute("SELECT version FROM schema_migrations") as cur:
+            done = {int(r[0]) for r in await cur.fetchall()}
+        applied = []
+        for version, statements in SQLITE_MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            applied.append(version)
+        return applied
+
+    async def close(self) -> None:
+        for attr in ("_reader", "_writer"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                await conn.close()
+
+    def _require_writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StorageError("storage is not open")
+        return self._writer
+
+    def _require_reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StorageError("storage is not open")
+        return self._reader
+
+    @asynccontextmanager
+    async def write(self, chain: str) -> AsyncIterator[SQLiteWriteTx]:
+        conn = self._require_writer()
+        async with self._write_lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute(
+                    "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
+                    "ON CONFLICT(id) DO NOTHING",
+                    (chain, GENESIS_HASH),
+                )
+            except sqlite3.Error as exc:
+                raise _translate(exc, "starting a write") from exc
+            try:
+                yield SQLiteWriteTx(conn, chain)
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _translate(exc, "writing") from exc
+                raise
+            try:
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise _translate(exc, "committing") from exc
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            async with self._require_reader().execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading") from exc
+
+    async def _first(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self._first("SELECT 1")
+
+    async def current_revision(self, tenant_id: str) -> int:
+        row = await self._first("SELECT revision FROM chains WHERE id = ?", (tenant_id,))
+        return int(row[0]) if row else 0
+
+    async def audit_head(self, chain: str) -> tuple[int, str]:
+        row = await self._first("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (chain,))
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ?", (tenant_id,))
+        return _tenant(row) if row else None
+
+    async def get_tenant_by_name(self, name: str) -> Tenant | None:
+        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?", (name,))
+        return _tenant(row) if row else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        return [_tenant(r) for r in await self._all(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY name")]
+
+    async def get_token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        row = await self._first(f"SELECT {_TOKEN_COLS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _token(row) if row else None
+
+    async def get_token(self, tenant_id: str, token_id: str) -> TokenRecord | None:
+        row = await self._first(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = ? AND id = ?", (tenant_id, token_id)
+        )
+        return _token(row) if row else None
+
+    async def list_tokens(self, tenant_id: str) -> list[TokenRecord]:
+        rows = await self._all(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = ? ORDER BY created_at, id", (tenant_id,)
+        )
+        return [_token(r) for r in rows]
+
+    async def get_version(
+        self, tenant_id: str, ref: ConfigRef, version: int | None = None
+    ) -> ConfigVersion | None:
+        sql = (
+            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            "AND key = ? AND environment = ?"
+        )
+        params: tuple[Any, ...] = (tenant_id, ref.namespace, ref.key, ref.environment.value)
+        if version is None:
+            sql += " ORDER BY version DESC LIMIT 1"
+        else:
+            sql += " AND version = ?"
+            params += (version,)
+        row = await self._first(sql, params)
+        return _version(row) if row else None
+
+    async def latest_in_envs(
+        self, tenant_id: str, namespace: str, key: str, environments: tuple[Environment, ...]
+    ) -> dict[Environment, ConfigVersion]:
+        marks = ",".join("?" for _ in environments)
+        rows = await self._all(
+            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND namespace = ? "
+            f"AND key = ? AND environment IN ({marks}) AND version = (SELECT MAX(version) FROM "
+            "config_versions w WHERE w.tenant_id = v.tenant_id AND w.namespace = v.namespace "
+            "AND w.key = v.key AND w.environment = v.environment)",
+            (tenant_id, namespace, key, *(e.value for e in environments)),
+        )
+        found = [_version(r) for r in rows]
+        return {v.environment: v for v in found}
+
+    async def history(
+        self, tenant_id: str, ref: ConfigRef, *, limit: int = 100, before_version: int | None = None
+    ) -> list[ConfigVersion]:
+        rows = await self._all(
+            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            "AND key = ? AND environment = ? AND version < ? ORDER BY version DESC LIMIT ?",
+            (
+                tenant_id,
+                ref.namespace,
+                ref.key,
+                ref.environment.value,
+                before_version if before_version is not None else 2**62,
+                limit,
+            ),
+        )
+        return [_version(r) for r in rows]
+
+    async def list_latest(
+        self, tenant_id: str, environments: tuple[Environment, ...] | None = None
+    ) -> list[ConfigVersion]:
+        sql = (
+            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND version = "
+            "(SELECT MAX(version) FROM config_versions w WHERE w.tenant_id = v.tenant_id AND "
+            "w.namespace = v.namespace AND w.key = v.key AND w.environment = v.environment)"
+        )
+        params: tuple[Any, ...] = (tenant_id,)
+        if environments is not None:
+            sql += f" AND environment IN ({','.join('?' for _ in environments)})"
+            params += tuple(e.value for e in environments)
+        sql += " ORDER BY namespace, key, environment"
+        return [_version(r) for r in await self._all(sql, params)]
+
+    async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
+        rows = await self._all(
+            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND revision > ? "
+            "ORDER BY revision LIMIT ?",
+            (tenant_id, revision, limit),
+        )
+        return [_version(r) for r in rows]
+
+    async def list_schemas(self, tenant_id: str) -> list[SchemaRecord]:
+        rows = await self._all(
+            "SELECT name, schema, created_at FROM schemas WHERE tenant_id = ? ORDER BY name", (tenant_id,)
+        )
+        return [SchemaRecord(r[0], json.loads(r[1]), False, r[2]) for r in rows]
+
+    async def get_schema(self, tenant_id: str, name: str) -> SchemaRecord | None:
+        row = await self._first(
+            "SELECT name, schema, created_at FROM schemas WHERE tenant_id = ? AND name = ?",
+            (tenant_id, name),
+        )
+        return SchemaRecord(row[0], json.loads(row[1]), False, row[2]) if row else None
+
+    async def list_bindings(self, tenant_id: str) -> list[SchemaBinding]:
+        rows = await self._all(
+            "SELECT id, schema_name, namespace_glob, key_glob, created_at FROM schema_bindings "
+            "WHERE tenant_id = ? ORDER BY created_at, id",
+            (tenant_id,),
+        )
+        return [SchemaBinding(*r) for r in rows]
+
+    async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLS} FROM audit_log WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (chain, after_seq, limit),
+        )
+        return [_audit(r) for r in rows]

@@ -1,0 +1,157 @@
+"""Test support: start a real ``llm-config-server`` process and talk to it over HTTP.
+
+``ServerProcess`` runs ``init`` and ``serve`` as subprocesses on a free
+loopback port with a temporary SQLite store, exactly as a user would.
+``Http`` is a tiny client on ``http.client`` that sends the path exactly as
+given (no normalisation), which the path-traversal tests need.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_CMD = [sys.executable, "-m", "server.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0]
+
+
+class Http:
+    """A small HTTP client bound to one server and (optionally) one token."""
+
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.port = port
+        self.token = token
+
+    def as_token(self, token: str | None) -> Http:
+        return Http(self.port, token)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            hdrs = dict(headers or {})
+            if self.token is not None:
+                hdrs.setdefault("Authorization", f"Bearer {self.token}")
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            if data is not None:
+                hdrs.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return self.request("PUT", path, body, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return self.request("POST", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Reply:
+        return self.request("DELETE", path, **kw)
+
+
+class ServerProcess:
+    """``llm-config-server init`` + ``serve`` on a temp dir; stop() is safe twice."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token = ""
+        self.tenant_id = ""
+        self.log_path = data_dir / "server.log"
+
+    def init(self) -> None:
+        out = subprocess.run(
+            [*SERVER_CMD, "init", "--data", str(self.data_dir), "--json"],
+            cwd=REPO, env=self.env, capture_output=True, check=True, timeout=60,
+        )
+        info = json.loads(out.stdout)
+        self.token, self.tenant_id = info["token"], info["tenant_id"]
+
+    def start(self, *extra: str) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [*SERVER_CMD, "serve", "--data", str(self.data_dir), "--port", str(self.port), *extra],
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                if Http(self.port).get("/health/ready", timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not become ready:\n{self.log_path.read_text()}")
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def http(self, token: str | None = None) -> Http:
+        return Http(self.port, token)
+
+    @property
+    def admin(self) -> Http:
+        return Http(self.port, self.token)
