@@ -107,7 +107,11 @@ class ServerProcess:
     def init(self) -> None:
         out = subprocess.run(
             [*SERVER_CMD, "init", "--data", str(self.data_dir), "--json"],
-            cwd=REPO, env=self.env, capture_output=True, check=True, timeout=60,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
         info = json.loads(out.stdout)
         self.token, self.tenant_id = info["token"], info["tenant_id"]
@@ -116,7 +120,10 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [*SERVER_CMD, "serve", "--data", str(self.data_dir), "--port", str(self.port), *extra],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + 30

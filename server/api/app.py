@@ -8,25 +8,27 @@ layer; they never see storage or SQL.
 
 from __future__ import annotations
 
+import itertools
 import json
-import secrets
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api import admin, configs
 from server.api.http import CTX_KEY, MAX_BODY, SERVICES, json_response
+from server.api.metrics import RequestMetrics
 from server.api.openapi import build_openapi
 from server.service import Ctx, Services
 from shared.errors import LLMConfigError, PayloadTooLarge
 
 log = structlog.get_logger("llmcm.api")
 
-_PUBLIC = frozenset({"/v1/openapi.json"})
+_PUBLIC = ("/v1/openapi.json",)  # under /v1/ but without authentication
 _PROBLEM_TYPE = "application/problem+json"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,36 +61,18 @@ def _http_problem(exc: web.HTTPException, request_id: str) -> web.Response:
     return response
 
 
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id")
     if given and len(given) <= 64 and set(given) <= _ID_CHARS:
         return given
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "llmcm_http_requests_total",
-            "HTTP requests by route and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "llmcm_http_request_duration_seconds",
-            "HTTP request latency by route",
-            ["method", "route"],
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
-
-
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+METRICS: web.AppKey[RequestMetrics] = web.AppKey("metrics", RequestMetrics)
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
@@ -105,7 +89,8 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     services = request.app[SERVICES]
     status = 500
     try:
-        if request.path.startswith("/v1/") and request.path not in _PUBLIC:
+        path = request.raw_path
+        if path.startswith("/v1/") and not (path.startswith(_PUBLIC) and request.path in _PUBLIC):
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
             raw = token.strip() if scheme.lower() == "bearer" else ""
@@ -163,8 +148,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry: CollectorRegistry = request.app[METRICS].registry
-    response = web.Response(body=generate_latest(registry))
+    response = web.Response(body=generate_latest(request.app[METRICS].registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
@@ -177,7 +161,7 @@ def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> web.Appl
     app = web.Application(middlewares=[core_middleware], client_max_size=max_body_bytes)
     app[SERVICES] = services
     app[MAX_BODY] = max_body_bytes
-    app[METRICS] = Metrics()
+    app[METRICS] = RequestMetrics()
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -48,17 +48,38 @@ def config_ref(request: web.Request, suffix: str | None = None) -> ConfigRef:
     return ConfigRef.parse("/".join(segments[:-1]), segments[-1], request.query.get("env"))
 
 
+_GetArgs = tuple[ConfigRef, int | None, bool, bool]
+_parsed_gets: dict[str, _GetArgs] = {}
+_PARSED_GETS_MAX = 4096
+
+
+def _get_args(request: web.Request) -> _GetArgs:
+    """Parse a GET's path and query once; the parse of a given raw URL never changes."""
+    args = _parsed_gets.get(request.raw_path)
+    if args is None:
+        ref = config_ref(request)
+        version = query_int(request, "version", minimum=1)
+        resolve = query_bool(request, "resolve")
+        explain = query_bool(request, "explain")
+        if version is not None and resolve:
+            raise InvalidInput("use either version=N (one stored version) or resolve=true, not both")
+        args = (ref, version, resolve, explain)
+        if len(_parsed_gets) >= _PARSED_GETS_MAX:
+            _parsed_gets.clear()
+        _parsed_gets[request.raw_path] = args
+    return args
+
+
 async def get_config(request: web.Request) -> web.Response:
-    ref = config_ref(request)
-    version = query_int(request, "version", minimum=1)
-    resolve = query_bool(request, "resolve")
-    explain = query_bool(request, "explain")
-    if version is not None and resolve:
-        raise InvalidInput("use either version=N (one stored version) or resolve=true, not both")
-    result = await services_of(request).configs.get(
-        ctx_of(request), ref, version=version, resolve=resolve, explain=explain
-    )
-    etag = f'"{result.body["sha256"]}"'
+    configs = services_of(request).configs
+    ctx = ctx_of(request)
+    result = configs.memo_get(ctx.principal, request.raw_path)
+    if result is None:
+        ref, version, resolve, explain = _get_args(request)
+        result = await configs.get(
+            ctx, ref, version=version, resolve=resolve, explain=explain, memo_key=request.raw_path
+        )
+    etag = result.etag
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
     return web.Response(body=result.encoded, content_type=JSON_TYPE, headers={"ETag": etag})
@@ -149,11 +170,14 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     ns = "{namespace:[^?#]+}"
     key = "{key:[^/?#]+}"
+    # the plain entry comes first (it is the hot path); its key can't be a sub-resource name,
+    # so /history, /diff and /rollback fall through to their own routes
+    item_key = "{key:(?!(?:history|diff|rollback)$)[^/?#]+}"
     r.add_get("/v1/configs", list_configs)
+    r.add_get(f"/v1/configs/{ns}/{item_key}", get_config, allow_head=False)
+    r.add_put(f"/v1/configs/{ns}/{item_key}", put_config)
+    r.add_delete(f"/v1/configs/{ns}/{item_key}", delete_config)
     r.add_get(f"/v1/configs/{ns}/{key}/history", history)
     r.add_get(f"/v1/configs/{ns}/{key}/diff", diff)
     r.add_post(f"/v1/configs/{ns}/{key}/rollback", rollback)
-    r.add_get(f"/v1/configs/{ns}/{key}", get_config, allow_head=False)
-    r.add_put(f"/v1/configs/{ns}/{key}", put_config)
-    r.add_delete(f"/v1/configs/{ns}/{key}", delete_config)
     r.add_route("*", "/v1/configs/{rest:.*}", invalid_path)

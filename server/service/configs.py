@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import jsonpatch
 
 from server.service import policy
 from server.service.core import Core, Ctx
-from server.service.policy import Action, namespace_in_scope
+from server.service.policy import Action, Principal, namespace_in_scope
 from server.service.schemas import SchemaService
 from server.storage import WriteTx
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -46,6 +46,10 @@ class ReadResult:
     body: dict[str, Any]
     encoded: bytes
     classification: str | None
+    etag: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", f'"{self.body["sha256"]}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,10 @@ class ConfigService:
         self.max_value_bytes = max_value_bytes
         self._cache: dict[str, dict[tuple[Any, ...], ReadResult]] = {}
         self._generation: dict[str, int] = {}
+        # (token id, caller's key) -> (generation, settings object, result): a read this token
+        # already passed policy for; valid while no write and no settings change hit the tenant
+        self._memo: dict[tuple[str, Hashable], tuple[int, dict[str, Any], ReadResult]] = {}
+        core.settings_listeners.append(self._invalidate)  # chains shape resolved values
         self.commit_hooks: list[Callable[[str, ConfigVersion], Awaitable[None]]] = []
 
     # -- cache -----------------------------------------------------------------------------
@@ -118,6 +126,23 @@ class ConfigService:
     def _invalidate(self, tenant_id: str) -> None:
         self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
         self._cache.pop(tenant_id, None)
+
+    def memo_get(self, principal: Principal, key: Hashable) -> ReadResult | None:
+        """A read ``principal`` already made under ``key`` (e.g. its raw URL), if still valid.
+
+        The token itself is authenticated by the caller on every request; its roles never
+        change, and a write or a settings change in the tenant invalidates every entry.
+        """
+        hit = self._memo.get((principal.token_id, key))
+        if hit is None:
+            return None
+        generation, settings, result = hit
+        tenant_id = principal.tenant_id
+        if generation != self._generation.get(tenant_id, 0) or settings is not self.core.settings_if_loaded(
+            tenant_id
+        ):
+            return None
+        return result
 
     def _remember(self, tenant_id: str, generation: int, key: tuple[Any, ...], result: ReadResult) -> None:
         if self._generation.get(tenant_id, 0) != generation:
@@ -137,11 +162,16 @@ class ConfigService:
         version: int | None = None,
         resolve: bool = False,
         explain: bool = False,
+        memo_key: Hashable | None = None,
     ) -> ReadResult:
+        """Read one entry; with ``memo_key`` the answer is memoized for ``memo_get``."""
         tenant_id = ctx.principal.tenant_id
-        resource = f"config/{ref}"
+        start_generation = self._generation.get(tenant_id, 0)
+        settings = await self.core.settings(tenant_id)
         request = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace)
-        await self.core.authorize(ctx, request, resource)
+        decision = self.core.decide(ctx.principal, request, settings)
+        if not decision.allowed:
+            await self.core.deny(ctx, request, decision, ref)
         cache_key = (ref, version, resolve, explain)
         result = self._cache.get(tenant_id, {}).get(cache_key)
         if result is None:
@@ -153,9 +183,13 @@ class ConfigService:
             self._remember(tenant_id, generation, cache_key, result)
         if result.classification == "restricted":
             restricted = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace, "restricted")
-            await self.core.authorize(ctx, restricted, resource)
-        if (await self.core.settings(tenant_id))["audit_reads"]:
-            await self.core.audit(tenant_id, self.core.draft(ctx, "config:read", resource, "ok"))
+            await self.core.authorize(ctx, restricted, ref)
+        if settings["audit_reads"]:
+            await self.core.audit(tenant_id, self.core.draft(ctx, "config:read", f"config/{ref}", "ok"))
+        elif memo_key is not None and result.classification != "restricted":
+            if len(self._memo) >= _CACHE_MAX_PER_TENANT:
+                self._memo.clear()
+            self._memo[(ctx.principal.token_id, memo_key)] = (start_generation, settings, result)
         return result
 
     async def _raw(self, tenant_id: str, ref: ConfigRef, version: int | None) -> ReadResult:

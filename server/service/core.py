@@ -8,10 +8,11 @@ record can't be written the request still fails (with ``AuditWriteFailed``).
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from server.service import policy
 from server.service.policy import Decision, Principal
@@ -20,6 +21,7 @@ from shared.errors import AuditWriteFailed, InvalidInput, NotFound, PermissionDe
 from shared.models import DEFAULT_CHAINS, Environment, parse_environment
 
 Clock = Callable[[], datetime]
+_DECISIONS_MAX = 10_000
 
 
 def utc_now() -> datetime:
@@ -85,6 +87,11 @@ class Core:
         self.storage = storage
         self.clock = clock
         self._settings: dict[str, dict[str, Any]] = {}
+        # tenant -> (token id, request) -> decision, for decisions that don't depend on time;
+        # dropped with the tenant's settings, the only other input besides the immutable token
+        self._decisions: dict[str, dict[tuple[str, policy.Request], Decision]] = {}
+        # called with the tenant id after its settings changed (caches built on them drop)
+        self.settings_listeners: list[Callable[[str], None]] = []
 
     def now_iso(self) -> str:
         return iso(self.clock())
@@ -101,8 +108,18 @@ class Core:
         self._settings[tenant_id] = merged
         return merged
 
+    def settings_if_loaded(self, tenant_id: str) -> dict[str, Any] | None:
+        return self._settings.get(tenant_id)
+
+    def epoch(self) -> float:
+        """Seconds since the epoch by this core's clock (the real one avoids a datetime)."""
+        return time.time() if self.clock is utc_now else self.clock().timestamp()
+
     def forget_settings(self, tenant_id: str) -> None:
         self._settings.pop(tenant_id, None)
+        self._decisions.pop(tenant_id, None)
+        for listener in self.settings_listeners:
+            listener(tenant_id)
 
     async def chain(self, tenant_id: str, env: Environment) -> tuple[Environment, ...]:
         names = (await self.settings(tenant_id))["chains"][env.value]
@@ -142,22 +159,36 @@ class Core:
         except StorageError as exc:
             raise AuditWriteFailed("the audit record could not be written; nothing was done") from exc
 
+    def decide(self, principal: Principal, request: policy.Request, settings: dict[str, Any]) -> Decision:
+        """The policy decision, memoized when it can't change with time."""
+        if policy.depends_on_time(request):
+            return policy.decide(principal, request, settings, self.clock)
+        memo = self._decisions.setdefault(principal.tenant_id, {})
+        key = (principal.token_id, request)
+        decision = memo.get(key)
+        if decision is None:
+            if len(memo) >= _DECISIONS_MAX:
+                memo.clear()
+            decision = memo[key] = policy.decide(principal, request, settings, self.clock)
+        return decision
+
     async def check(self, ctx: Ctx, request: policy.Request) -> Decision:
         settings = await self.settings(ctx.principal.tenant_id)
-        return policy.decide(ctx.principal, request, settings, self.clock())
+        return self.decide(ctx.principal, request, settings)
 
-    async def authorize(self, ctx: Ctx, request: policy.Request, resource: str) -> Decision:
+    async def authorize(self, ctx: Ctx, request: policy.Request, resource: object) -> Decision:
+        """Decide; when denied, audit and raise. ``resource`` is stringified only then."""
         decision = await self.check(ctx, request)
         if not decision.allowed:
-            await self.audit(
-                ctx.principal.tenant_id,
-                self.draft(
-                    ctx,
-                    request.action.value,
-                    resource,
-                    "denied",
-                    {"rule": decision.rule, "reason": decision.reason},
-                ),
-            )
-            raise PermissionDenied(decision.reason, rule=decision.rule)
+            await self.deny(ctx, request, decision, resource)
         return decision
+
+    async def deny(self, ctx: Ctx, request: policy.Request, decision: Decision, resource: object) -> NoReturn:
+        name = resource if isinstance(resource, str) else f"config/{resource}"
+        await self.audit(
+            ctx.principal.tenant_id,
+            self.draft(
+                ctx, request.action.value, name, "denied", {"rule": decision.rule, "reason": decision.reason}
+            ),
+        )
+        raise PermissionDenied(decision.reason, rule=decision.rule)

@@ -9,6 +9,7 @@ grants the action the default rule denies it.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -126,6 +127,10 @@ def validate_change_window(window: Any) -> dict[str, Any] | None:
     return {"days": days, "start": window["start"], "end": window["end"]}
 
 
+def depends_on_time(request: Request) -> bool:
+    return request.action is Action.CONFIG_WRITE and request.environment is Environment.PRODUCTION
+
+
 def in_change_window(window: dict[str, Any], now: datetime) -> bool:
     day = _DAYS[now.weekday()]
     hhmm = now.strftime("%H:%M")
@@ -142,8 +147,14 @@ class Request:
     classification: str | None = None
 
 
-def decide(principal: Principal, request: Request, settings: dict[str, Any], now: datetime) -> Decision:
-    """Evaluate the policy. Pure: the caller supplies the tenant settings and the clock."""
+def decide(
+    principal: Principal, request: Request, settings: dict[str, Any], now: Callable[[], datetime]
+) -> Decision:
+    """Evaluate the policy. Pure: the caller supplies the tenant settings and the clock.
+
+    Only the production change window depends on time, so ``now`` is called only for it;
+    every other decision is a function of (principal, request, settings) and may be memoized.
+    """
     action = request.action
     if principal.namespaces and request.namespace is not None and action in _CONFIG_ACTIONS:
         if not namespace_in_scope(request.namespace, principal.namespaces):
@@ -165,7 +176,7 @@ def decide(principal: Principal, request: Request, settings: dict[str, Any], now
         action is Action.CONFIG_WRITE
         and request.environment is Environment.PRODUCTION
         and window
-        and not in_change_window(window, now)
+        and not in_change_window(window, now())
     ):
         return Decision(
             False,

@@ -48,7 +48,7 @@ def violations_of(schema_name: str, schema: dict[str, Any], value: Any) -> list[
         pointer = "".join("/" + pointer_escape(str(p)) for p in error.absolute_path)
         found.append(
             {
-                "pointer": pointer or "/",
+                "pointer": pointer,
                 "message": error.message[:500],
                 "schema": schema_name,
                 "schema_path": "/" + "/".join(pointer_escape(str(p)) for p in error.absolute_schema_path),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
 import time
 import uuid
-from dataclasses import replace
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from server.service import policy
@@ -68,10 +69,26 @@ def _check_scopes(namespaces: Any) -> tuple[str, ...]:
     return tuple(namespaces)
 
 
+@dataclass(frozen=True, slots=True)
+class _Authenticated:
+    """An auth-cache entry: the stored token and what a request needs of it, computed once."""
+
+    loaded_at: float
+    token: TokenRecord
+    principal: Principal
+    expires: float  # epoch seconds; inf when the token never expires
+
+
+def _expiry_epoch(token: TokenRecord) -> float:
+    if token.expires_at is None:
+        return math.inf
+    return datetime.fromisoformat(token.expires_at.replace("Z", "+00:00")).timestamp()
+
+
 class TenantService:
     def __init__(self, core: Core) -> None:
         self.core = core
-        self._auth_cache: dict[str, tuple[float, TokenRecord]] = {}
+        self._auth_cache: dict[str, _Authenticated] = {}
 
     # -- authentication --------------------------------------------------------------------
 
@@ -82,24 +99,23 @@ class TenantService:
         digest = hash_token(raw)
         now = time.monotonic()
         cached = self._auth_cache.get(digest)
-        if cached is not None and now - cached[0] < _AUTH_CACHE_TTL:
-            token: TokenRecord | None = cached[1]
-        else:
+        if cached is None or now - cached.loaded_at >= _AUTH_CACHE_TTL:
             token = await self.core.storage.get_token_by_hash(digest)
-            if token is not None:
-                if len(self._auth_cache) >= _AUTH_CACHE_MAX:
-                    self._auth_cache.clear()
-                self._auth_cache[digest] = (now, token)
-        if token is None:
-            await self._audit_auth_failure(SYSTEM_CHAIN, "", "unknown token", digest, request_id)
-            raise Unauthenticated("invalid token")
+            if token is None:
+                await self._audit_auth_failure(SYSTEM_CHAIN, "", "unknown token", digest, request_id)
+                raise Unauthenticated("invalid token")
+            if len(self._auth_cache) >= _AUTH_CACHE_MAX:
+                self._auth_cache.clear()
+            cached = _Authenticated(now, token, principal_of(token), _expiry_epoch(token))
+            self._auth_cache[digest] = cached
+        token = cached.token
         if token.revoked:
             await self._audit_auth_failure(token.tenant_id, token.id, "revoked token", digest, request_id)
             raise Unauthenticated("token has been revoked")
-        if token.expires_at is not None and token.expires_at <= self.core.now_iso():
+        if cached.expires <= self.core.epoch():
             await self._audit_auth_failure(token.tenant_id, token.id, "expired token", digest, request_id)
             raise Unauthenticated("token has expired")
-        return principal_of(token)
+        return cached.principal
 
     async def _audit_auth_failure(
         self, chain: str, token_id: str, reason: str, digest: str | None, request_id: str
@@ -307,5 +323,5 @@ class TenantService:
         async with self.core.storage.write(target) as tx:
             await tx.revoke_token(target, token_id)
             await self.core.audit_in(tx, self.core.draft(ctx, "token:revoke", f"token/{token_id}", "ok"))
-        self._auth_cache = {h: v for h, v in self._auth_cache.items() if v[1].id != token_id}
+        self._auth_cache = {h: v for h, v in self._auth_cache.items() if v.token.id != token_id}
         return replace(record, revoked=True)
