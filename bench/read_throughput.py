@@ -148,6 +148,23 @@ class Child:
 # -- processes ---------------------------------------------------------------------------------
 
 
+def run_bounded(name: str, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a load tool to completion; kill and reap it on timeout or on any interruption."""
+    popen = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{name} did not finish within {timeout:.0f} s") from exc
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=STOP_TIMEOUT_S)
+    return subprocess.CompletedProcess(list(argv), popen.returncode, stdout, stderr)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -356,10 +373,7 @@ def run_wrk(wrk: str, url: str, token: str, connections: int, duration: int) -> 
         f"Authorization: Bearer {token}",
         url,
     ]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"wrk did not finish within {duration + 60} s") from exc
+    done = run_bounded("wrk", argv, timeout=duration + 60)
     if done.returncode != 0:
         raise BenchError(f"wrk exited with code {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return parse_wrk(done.stdout)
@@ -436,10 +450,7 @@ def run_python_loadgen(url: str, token: str, connections: int, duration: int) ->
         "--duration",
         str(duration),
     ]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"the Python load generator did not finish within {duration + 60} s") from exc
+    done = run_bounded("the Python load generator", argv, timeout=duration + 60)
     if done.returncode != 0:
         raise BenchError(f"the Python load generator exited with code {done.returncode}:\n{done.stderr}")
     try:
