@@ -28,7 +28,6 @@ from shared.errors import LLMConfigError, PayloadTooLarge
 
 log = structlog.get_logger("llmcm.api")
 
-_PUBLIC = ("/v1/openapi.json",)  # under /v1/ but without authentication
 _PROBLEM_TYPE = "application/problem+json"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,8 +88,10 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     services = request.app[SERVICES]
     status = 500
     try:
-        path = request.raw_path
-        if path.startswith("/v1/") and not (path.startswith(_PUBLIC) and request.path in _PUBLIC):
+        # default deny: every matched route needs a token unless its handler is public;
+        # deciding by the matched route (not by path text) can't be fooled by encodings
+        match = request.match_info
+        if match.http_exception is None and match.handler not in _PUBLIC_HANDLERS:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
             raw = token.strip() if scheme.lower() == "bearer" else ""
@@ -155,6 +156,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+_PUBLIC_HANDLERS: frozenset[Handler] = frozenset({live, ready, metrics, openapi})
 
 
 def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> web.Application:

@@ -22,7 +22,7 @@ from server.api.http import (
     services_of,
 )
 from shared.errors import InvalidInput
-from shared.models import ConfigRef, parse_environment
+from shared.models import ChangeType, ConfigRef, parse_environment
 
 PREFIX = "/v1/configs/"
 
@@ -102,7 +102,7 @@ async def put_config(request: web.Request) -> web.Response:
         expected_version=expected if expected is not None else header,
         metadata=body.get("metadata"),
     )
-    status = 201 if result.changed and result.version.version == 1 else 200
+    status = 201 if result.changed and result.version.change_type is ChangeType.CREATE else 200
     return json_response(result.to_dict(), status, {"ETag": f'"{result.version.sha256}"'})
 
 

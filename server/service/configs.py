@@ -68,6 +68,19 @@ def _classification(metadata: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _live_classification(version: ConfigVersion | None) -> str | None:
+    """The classification an entry has now (a deleted entry has none)."""
+    if version is None or version.tombstone:
+        return None
+    return _classification(version.metadata)
+
+
+def _inherited_metadata(latest: ConfigVersion | None) -> dict[str, Any]:
+    if latest is None or latest.tombstone:
+        return {}
+    return {k: v for k, v in latest.metadata.items() if k != "rolled_back_to"}
+
+
 def _strictest(*values: str | None) -> str | None:
     ranked = [v for v in values if v in CLASSIFICATIONS]
     return max(ranked, key=CLASSIFICATIONS.index) if ranked else None
@@ -270,6 +283,7 @@ class ConfigService:
         versions = await self.core.storage.history(
             ctx.principal.tenant_id, ref, limit=limit, before_version=before
         )
+        await self._authorize_versions(ctx, ref, Action.CONFIG_READ, versions)
         return [v.to_dict(with_patch=True) for v in versions]
 
     async def diff(
@@ -279,15 +293,20 @@ class ConfigService:
         tenant_id = ctx.principal.tenant_id
         to_v = to_version if to_version is not None else latest.version
         from_v = from_version if from_version is not None else to_v - 1
-        versions = {}
+        values: dict[int, dict[str, Any]] = {0: {}}  # version 0: before the entry existed
+        found_versions = []
         for n in (from_v, to_v):
-            found = await self.core.storage.get_version(tenant_id, ref, n) if n >= 1 else None
+            if n == 0:
+                continue
+            found = await self.core.storage.get_version(tenant_id, ref, n)
             if found is None:
                 raise NotFound(
                     f"version {n} of config {ref.namespace}/{ref.key} not found in {ref.environment.value}"
                 )
-            versions[n] = found
-        patch = jsonpatch.make_patch(versions[from_v].value, versions[to_v].value).patch
+            values[n] = found.value
+            found_versions.append(found)
+        await self._authorize_versions(ctx, ref, Action.CONFIG_READ, found_versions)
+        patch = jsonpatch.make_patch(values[from_v], values[to_v]).patch
         return {
             "namespace": ref.namespace,
             "key": ref.key,
@@ -296,6 +315,14 @@ class ConfigService:
             "to_version": to_v,
             "patch": patch,
         }
+
+    async def _authorize_versions(
+        self, ctx: Ctx, ref: ConfigRef, action: Action, versions: list[ConfigVersion]
+    ) -> None:
+        """Restricted content in any version shown or used needs the pii-authorized role."""
+        if any(_classification(v.metadata) == "restricted" for v in versions):
+            request = policy.Request(action, ref.environment, ref.namespace, "restricted")
+            await self.core.authorize(ctx, request, ref)
 
     async def _authorize_existing(self, ctx: Ctx, ref: ConfigRef, action: Action) -> ConfigVersion:
         """Authorize on the entry's namespace, environment and classification; 404 if it never existed."""
@@ -334,24 +361,27 @@ class ConfigService:
         metadata: Any = None,
     ) -> WriteResult:
         value = self.check_value(value)
-        meta = validate_metadata(metadata)
+        given = None if metadata is None else validate_metadata(metadata)
         tenant_id = ctx.principal.tenant_id
         resource = f"config/{ref}"
         current = await self.core.storage.get_version(tenant_id, ref)
-        old_cls = _classification(current.metadata) if current and not current.tombstone else None
+        authorized_cls = _strictest(_live_classification(current), _classification(given or {}))
         await self.core.authorize(
             ctx,
-            policy.Request(
-                Action.CONFIG_WRITE,
-                ref.environment,
-                ref.namespace,
-                _strictest(old_cls, _classification(meta)),
-            ),
+            policy.Request(Action.CONFIG_WRITE, ref.environment, ref.namespace, authorized_cls),
             resource,
         )
         await self.schemas.validate_for(tenant_id, ref.namespace, ref.key, value)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
+            # metadata not given: the entry keeps what it had (its classification above all)
+            meta = given if given is not None else _inherited_metadata(latest)
+            if _strictest(_live_classification(latest), _classification(meta)) != authorized_cls:
+                raise Conflict(
+                    f"the classification of {ref.namespace}/{ref.key} changed while writing; retry",
+                    expected_version=expected_version,
+                    current_version=latest.version if latest else 0,
+                )
             if latest is not None and not latest.tombstone:
                 if latest.sha256 == sha256_of(value) and latest.metadata == meta:
                     return None
@@ -393,6 +423,7 @@ class ConfigService:
             )
         if target.tombstone:
             raise InvalidInput(f"version {version} is a deletion; roll back to a version with a value")
+        await self._authorize_versions(ctx, ref, Action.CONFIG_WRITE, [target])
         await self.schemas.validate_for(ctx.principal.tenant_id, ref.namespace, ref.key, target.value)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:

@@ -123,8 +123,19 @@ class SQLiteWriteTx:
         self.chain = chain
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        try:
+            async with self._conn.execute(sql, params) as cur:
+                return await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "writing") from exc
+
+    async def _exec(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run one statement; sqlite3 errors become StorageError here, inside the transaction."""
+        try:
+            cur = await self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "writing") from exc
+        return int(cur.rowcount)
 
     async def current_revision(self) -> int:
         row = await self._one("SELECT revision FROM chains WHERE id = ?", (self.chain,))
@@ -153,7 +164,7 @@ class SQLiteWriteTx:
         return _version(row) if row else None
 
     async def insert_version(self, v: ConfigVersion) -> None:
-        await self._conn.execute(
+        await self._exec(
             f"INSERT INTO config_versions (tenant_id, {_VERSION_COLS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -189,7 +200,7 @@ class SQLiteWriteTx:
             "metadata": draft.metadata,
         }
         digest = record_hash(prev_hash, seq, self.chain, fields)
-        await self._conn.execute(
+        await self._exec(
             f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 seq,
@@ -206,32 +217,31 @@ class SQLiteWriteTx:
                 digest,
             ),
         )
-        await self._conn.execute(
+        await self._exec(
             "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?", (seq, digest, self.chain)
         )
         return AuditRecord(seq=seq, chain=self.chain, prev_hash=prev_hash, hash=digest, **fields)
 
     async def insert_tenant(self, tenant: Tenant) -> None:
-        try:
-            await self._conn.execute(
-                f"INSERT INTO tenants ({_TENANT_COLS}) VALUES (?, ?, ?, ?, ?)",
-                (tenant.id, tenant.name, tenant.status, tenant.created_at, _dumps(tenant.settings)),
-            )
-        except sqlite3.IntegrityError:
-            raise AlreadyExists(f"a tenant named {tenant.name!r} already exists") from None
-        await self._conn.execute(
+        if await self._one("SELECT 1 FROM tenants WHERE name = ?", (tenant.name,)):
+            raise AlreadyExists(f"a tenant named {tenant.name!r} already exists")
+        await self._exec(
+            f"INSERT INTO tenants ({_TENANT_COLS}) VALUES (?, ?, ?, ?, ?)",
+            (tenant.id, tenant.name, tenant.status, tenant.created_at, _dumps(tenant.settings)),
+        )
+        await self._exec(
             "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
             "ON CONFLICT(id) DO NOTHING",
             (tenant.id, GENESIS_HASH),
         )
 
     async def update_tenant_settings(self, tenant_id: str, settings: dict[str, Any]) -> None:
-        await self._conn.execute(
+        await self._exec(
             "UPDATE tenants SET settings = ? WHERE id = ?", (_dumps(settings), tenant_id)
         )
 
     async def insert_token(self, token: TokenRecord) -> None:
-        await self._conn.execute(
+        await self._exec(
             f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.id,
@@ -248,14 +258,14 @@ class SQLiteWriteTx:
         )
 
     async def revoke_token(self, tenant_id: str, token_id: str) -> bool:
-        cur = await self._conn.execute(
+        changed = await self._exec(
             "UPDATE tokens SET revoked = 1 WHERE tenant_id = ? AND id = ? AND revoked = 0",
             (tenant_id, token_id),
         )
-        return cur.rowcount > 0
+        return changed > 0
 
     async def put_schema(self, tenant_id: str, record: SchemaRecord) -> None:
-        await self._conn.execute(
+        await self._exec(
             "INSERT INTO schemas (tenant_id, name, schema, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(tenant_id, name) DO UPDATE SET schema = excluded.schema, "
             "created_at = excluded.created_at",
@@ -263,7 +273,7 @@ class SQLiteWriteTx:
         )
 
     async def insert_binding(self, tenant_id: str, binding: SchemaBinding) -> None:
-        await self._conn.execute(
+        await self._exec(
             "INSERT INTO schema_bindings (id, tenant_id, schema_name, namespace_glob, key_glob, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -277,10 +287,10 @@ class SQLiteWriteTx:
         )
 
     async def delete_binding(self, tenant_id: str, binding_id: str) -> bool:
-        cur = await self._conn.execute(
+        changed = await self._exec(
             "DELETE FROM schema_bindings WHERE tenant_id = ? AND id = ?", (tenant_id, binding_id)
         )
-        return cur.rowcount > 0
+        return changed > 0
 
 
 class SQLiteStorage:

@@ -1,0 +1,116 @@
+"""The llm-config-server commands and its configuration, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from server.config import ServerConfig
+from shared.errors import InvalidInput
+from tests.support import REPO, SERVER_CMD, ServerProcess
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SERVER_CMD, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+class TestInit:
+    def test_prints_token_on_its_own_line(self, tmp_path: Path) -> None:
+        """Human output puts the token alone on a line; the store file is private (0600)."""
+        out = run("init", "--data", str(tmp_path / "d"))
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        tokens = [line for line in lines if line.startswith("lcm_")]
+        assert len(tokens) == 1
+        assert tokens[0].strip() == tokens[0]
+        assert (tmp_path / "d" / "llmcm.db").stat().st_mode & 0o777 == 0o600
+
+    def test_json_output_and_second_init_refused(self, tmp_path: Path) -> None:
+        """--json prints tenant_id and token; a second init of the same store fails and changes nothing."""
+        first = run("init", "--data", str(tmp_path), "--json")
+        info = json.loads(first.stdout)
+        assert set(info) == {"tenant_id", "token"}
+        assert info["token"].startswith("lcm_")
+        again = run("init", "--data", str(tmp_path), "--json")
+        assert again.returncode == 1
+        assert "already initialized" in again.stderr
+        with sqlite3.connect(tmp_path / "llmcm.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM tenants").fetchone() == (1,)
+
+    def test_token_is_stored_only_hashed(self, tmp_path: Path) -> None:
+        """The token printed by init appears nowhere in the database files."""
+        token = json.loads(run("init", "--data", str(tmp_path), "--json").stdout)["token"]
+        for f in tmp_path.iterdir():
+            assert token.encode() not in f.read_bytes(), f.name
+
+
+class TestMigrate:
+    def test_migrate_is_idempotent(self, tmp_path: Path) -> None:
+        """migrate creates the schema once; running it again is a no-op that succeeds."""
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+        for _ in range(2):
+            out = run("migrate", "--storage", url)
+            assert out.returncode == 0, out.stderr
+        with sqlite3.connect(tmp_path / "m.db") as db:
+            assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+
+    def test_unsupported_storage_url_is_a_clear_error(self, tmp_path: Path) -> None:
+        """An unknown storage scheme fails with one line naming the scheme."""
+        out = run("migrate", "--storage", "mysql://x")
+        assert out.returncode == 1
+        assert "mysql" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+class TestServerConfig:
+    def test_precedence_defaults_file_env_flags(self, tmp_path: Path) -> None:
+        """Flags beat env vars, env vars beat the file, the file beats defaults."""
+        cfg = tmp_path / "server.toml"
+        cfg.write_text('[server]\nport = 9001\nhost = "127.0.0.2"\nlog_level = "debug"\n')
+        env = {"LLMCM_PORT": "9002", "LLMCM_LOG_LEVEL": "warning"}
+        loaded = ServerConfig.load(flags={"port": 9003}, environ=env, config_file=str(cfg))
+        assert (loaded.port, loaded.host, loaded.log_level) == (9003, "127.0.0.2", "warning")
+        assert ServerConfig.load(environ={}).port == 8080
+
+    def test_storage_defaults_to_sqlite_in_data_dir(self, tmp_path: Path) -> None:
+        """Without --storage the store is llmcm.db inside the data dir; LLMCM_STORAGE overrides it."""
+        loaded = ServerConfig.load(flags={"data_dir": str(tmp_path)}, environ={})
+        assert loaded.storage_url == f"sqlite:///{tmp_path.resolve() / 'llmcm.db'}"
+        env = {"LLMCM_STORAGE": "sqlite:////x/y.db"}
+        assert ServerConfig.load(environ=env).storage_url == "sqlite:////x/y.db"
+
+    @pytest.mark.parametrize("env", [{"LLMCM_PORT": "eighty"}, {"LLMCM_LOG_LEVEL": "loud"}])
+    def test_bad_values_are_named(self, env: dict[str, str]) -> None:
+        """A bad setting is refused with its name in the message."""
+        with pytest.raises(InvalidInput, match=next(iter(env)).removeprefix("LLMCM_").lower()):
+            ServerConfig.load(environ=env)
+
+    def test_config_is_frozen(self) -> None:
+        """The configuration can't be changed after it is built."""
+        loaded = ServerConfig.load(environ={})
+        with pytest.raises(AttributeError):
+            loaded.port = 1  # type: ignore[misc]
+
+
+class TestFailClosedAudit:
+    def test_write_fails_when_audit_cannot_be_written(self, fresh_server: ServerProcess) -> None:
+        """If SQLite refuses the audit insert, the write is refused too and nothing is stored."""
+        http = fresh_server.admin
+        assert http.put("/v1/configs/audit/fc/k?env=global", {"value": {"v": 1}}).status == 201
+        fresh_server.stop()
+        with sqlite3.connect(fresh_server.data_dir / "llmcm.db") as db:
+            db.execute(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'audit storage unavailable'); END"
+            )
+        fresh_server.start()
+        reply = http.put("/v1/configs/audit/fc/k?env=global", {"value": {"v": 2}})
+        assert reply.status == 500
+        assert reply.json["code"] == "audit_write_failed"
+        current = http.get("/v1/configs/audit/fc/k?env=global").json
+        assert current["value"] == {"v": 1}
+        assert current["version"] == 1
