@@ -1,0 +1,381 @@
+"""An async REST client for the LLM-Config-Manager server, one method per endpoint.
+
+The operator CLI talks to the server only through this module, and the SDK
+(``ConfigClient``) will grow out of it, so it knows nothing about terminals or
+exit codes. It owns the HTTP edge: a problem+json answer becomes the project's
+own exception via ``shared.errors.from_problem``, a connection failure becomes
+``Unavailable`` naming the server URL (never the token), and anything that is
+not JSON becomes ``ProtocolError``. No aiohttp exception leaves this module.
+
+    async with RestClient("http://127.0.0.1:8080", token) as client:
+        entry = await client.get_config("llm-gateway/routing", "primary-model", env="production")
+
+Namespaces and keys go into the URL path as they are; they are checked here
+first with ``validate_namespace`` / ``validate_key`` so a bad name fails early
+with the same message the server would give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from shared.errors import InvalidInput, LLMConfigError, ProtocolError, Unavailable, from_problem
+from shared.models import parse_environment, validate_key, validate_namespace
+
+DEFAULT_TIMEOUT = 30.0
+_USER_AGENT = "llm-config-manager-client/0.1"
+
+
+def check_server_url(raw: str) -> str:
+    """``raw`` as a base URL without a trailing slash; ``InvalidInput`` unless http(s)://host[:port]."""
+    try:
+        url = URL(raw.strip())
+    except (ValueError, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        shown = raw.rpartition("@")[2][:200]  # never echo credentials someone put in the URL
+        raise InvalidInput(f"server URL must look like http://host:port or https://host, got {shown!r}")
+    if url.user is not None or url.password is not None:
+        raise InvalidInput("server URL must not carry credentials; pass the token separately")
+    if url.query_string or url.fragment:
+        raise InvalidInput("server URL must not carry a query string or fragment")
+    return str(url).rstrip("/")
+
+
+def _config_path(namespace: str, key: str, suffix: str = "") -> str:
+    return f"/v1/configs/{validate_namespace(namespace)}/{validate_key(key)}{suffix}"
+
+
+def _env(env: str | None) -> dict[str, str]:
+    return {} if env is None else {"env": parse_environment(env).value}
+
+
+def _drop_none(params: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        if value is None or value is False:
+            continue
+        out[name] = "true" if value is True else str(value)
+    return out
+
+
+class RestClient:
+    """One server, one bearer token, one aiohttp session; ``close()`` is safe twice."""
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base_url = check_server_url(base_url)
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RestClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _session_for_request(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+        return self._session
+
+    # -- the HTTP edge ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send one request; the parsed JSON answer, None for 204, or the project's exception."""
+        url = URL(self.base_url + path, encoded=True)
+        query = _drop_none(params or {})
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        hdrs = dict(headers or {})
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        try:
+            async with self._session_for_request().request(
+                method, url, params=query or None, data=data, headers=hdrs
+            ) as response:
+                raw = await response.read()
+                return self._answer(method, path, response.status, response.content_type, raw)
+        except LLMConfigError:
+            raise
+        except TimeoutError:
+            raise Unavailable(f"server {self.base_url} did not answer {method} {path} in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            errno = exc.os_error.errno
+            reason = os.strerror(errno).lower() if errno else type(exc.os_error).__name__
+            raise Unavailable(f"cannot reach server {self.base_url}: {reason}") from None
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise Unavailable(
+                f"connection to server {self.base_url} failed during {method} {path}: {type(exc).__name__}"
+            ) from None
+
+    def _answer(self, method: str, path: str, status: int, content_type: str, raw: bytes) -> Any:
+        parsed: Any = None
+        if raw and content_type in ("application/json", "application/problem+json"):
+            try:
+                parsed = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ProtocolError(
+                    f"server {self.base_url} sent malformed JSON for {method} {path} (HTTP {status})"
+                ) from None
+        if 200 <= status < 300:
+            if status == 204 or not raw:
+                return None
+            if parsed is None:
+                raise ProtocolError(
+                    f"server {self.base_url} answered {method} {path} with {content_type or 'no type'}, "
+                    "not JSON; is this an LLM-Config-Manager server?"
+                )
+            return parsed
+        if isinstance(parsed, dict):
+            return_error = from_problem(parsed, status)
+        else:
+            text = raw[:200].decode("utf-8", "replace").strip()
+            detail = f"HTTP {status} from {self.base_url} for {method} {path}" + (f": {text}" if text else "")
+            return_error = from_problem({"detail": detail}, status)
+        return_error.status = status
+        raise return_error
+
+    async def _obj(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        answer = await self.request(method, path, **kw)
+        if not isinstance(answer, dict):
+            raise ProtocolError(
+                f"server {self.base_url} answered {method} {path} with something not an object"
+            )
+        return answer
+
+    # -- identity --------------------------------------------------------------------------
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/whoami")
+
+    # -- configs ---------------------------------------------------------------------------
+
+    async def get_config(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        env: str | None = None,
+        version: int | None = None,
+        resolve: bool = False,
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        params = {**_env(env), "version": version, "resolve": resolve, "explain": explain}
+        return await self._obj("GET", _config_path(namespace, key), params=params)
+
+    async def put_config(
+        self,
+        namespace: str,
+        key: str,
+        value: dict[str, Any],
+        *,
+        env: str | None = None,
+        message: str | None = None,
+        expected_version: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"value": value}
+        if message:
+            body["message"] = message
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        if metadata is not None:
+            body["metadata"] = metadata
+        return await self._obj("PUT", _config_path(namespace, key), params=_env(env), body=body)
+
+    async def delete_config(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        env: str | None = None,
+        message: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        headers = {"If-Match": str(expected_version)} if expected_version is not None else None
+        params = {**_env(env), "message": message or None}
+        return await self._obj("DELETE", _config_path(namespace, key), params=params, headers=headers)
+
+    async def list_configs(
+        self, *, prefix: str | None = None, env: str | None = None, resolve: bool = False
+    ) -> dict[str, Any]:
+        return await self._obj(
+            "GET", "/v1/configs", params={"prefix": prefix, **_env(env), "resolve": resolve}
+        )
+
+    async def history(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        env: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        params = {**_env(env), "limit": limit, "before": before}
+        return await self._obj("GET", _config_path(namespace, key, "/history"), params=params)
+
+    async def diff(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        env: str | None = None,
+        from_version: int | None = None,
+        to_version: int | None = None,
+    ) -> dict[str, Any]:
+        params = {**_env(env), "from": from_version, "to": to_version}
+        return await self._obj("GET", _config_path(namespace, key, "/diff"), params=params)
+
+    async def rollback(
+        self,
+        namespace: str,
+        key: str,
+        version: int,
+        *,
+        env: str | None = None,
+        message: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"version": version}
+        if message:
+            body["message"] = message
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        path = _config_path(namespace, key, "/rollback")
+        return await self._obj("POST", path, params=_env(env), body=body)
+
+    # -- tenants, tokens, settings ---------------------------------------------------------
+
+    async def tenants(self) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/tenants")
+
+    async def get_tenant(self, tenant_id: str) -> dict[str, Any]:
+        return await self._obj("GET", f"/v1/tenants/{_segment(tenant_id, 'tenant id')}")
+
+    async def create_tenant(self, name: str, *, admin_token: bool = False) -> dict[str, Any]:
+        return await self._obj("POST", "/v1/tenants", body={"name": name, "admin_token": admin_token})
+
+    async def tokens(self, *, tenant_id: str | None = None) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/tokens", params={"tenant_id": tenant_id})
+
+    async def create_token(
+        self,
+        name: str,
+        roles: list[str],
+        *,
+        namespaces: list[str] | None = None,
+        expires_in: int | None = None,
+        tenant_id: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "roles": roles}
+        if namespaces:
+            body["namespaces"] = namespaces
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        if tenant_id is not None:
+            body["tenant_id"] = tenant_id
+        return await self._obj("POST", "/v1/tokens", body=body)
+
+    async def revoke_token(self, token_id: str, *, tenant_id: str | None = None) -> dict[str, Any]:
+        path = f"/v1/tokens/{_segment(token_id, 'token id')}"
+        return await self._obj("DELETE", path, params={"tenant_id": tenant_id})
+
+    async def settings(self) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/settings")
+
+    async def put_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return await self._obj("PUT", "/v1/settings", body=settings)
+
+    # -- schemas ---------------------------------------------------------------------------
+
+    async def schemas(self) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/schemas")
+
+    async def get_schema(self, name: str) -> dict[str, Any]:
+        return await self._obj("GET", f"/v1/schemas/{_segment(name, 'schema name')}")
+
+    async def put_schema(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return await self._obj("PUT", f"/v1/schemas/{_segment(name, 'schema name')}", body={"schema": schema})
+
+    async def bindings(self) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/schema-bindings")
+
+    async def bind_schema(self, schema: str, namespace: str, key: str = "*") -> dict[str, Any]:
+        body = {"schema": schema, "namespace": namespace, "key": key}
+        return await self._obj("POST", "/v1/schema-bindings", body=body)
+
+    async def unbind_schema(self, binding_id: str) -> None:
+        await self.request("DELETE", f"/v1/schema-bindings/{_segment(binding_id, 'binding id')}")
+
+    # -- audit and policy ------------------------------------------------------------------
+
+    async def audit(
+        self,
+        *,
+        chain: str | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        action: str | None = None,
+        result: str | None = None,
+    ) -> dict[str, Any]:
+        params = {"chain": chain, "after": after, "limit": limit, "action": action, "result": result}
+        return await self._obj("GET", "/v1/audit", params=params)
+
+    async def audit_verify(self, *, chain: str | None = None) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/audit/verify", params={"chain": chain})
+
+    async def explain(
+        self,
+        action: str,
+        *,
+        namespace: str | None = None,
+        env: str | None = None,
+        classification: str | None = None,
+        token_id: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"action": action}
+        if namespace is not None:
+            body["namespace"] = validate_namespace(namespace)
+        if env is not None:
+            body["environment"] = parse_environment(env).value
+        if classification is not None:
+            body["classification"] = classification
+        if token_id is not None:
+            body["token_id"] = token_id
+        return await self._obj("POST", "/v1/policy/explain", body=body)
+
+
+_SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def _segment(value: str, what: str) -> str:
+    """An id or name that goes into one URL path segment: plain characters only."""
+    if not value or len(value) > 200 or not set(value) <= _SEGMENT_CHARS or value in (".", ".."):
+        raise InvalidInput(f"invalid {what} {value[:80]!r}: use letters, digits, '-', '_' and '.'")
+    return value
