@@ -205,3 +205,48 @@ class TestReadMemo:
         await services.tenants.put_settings(admin_ctx, {"audit_reads": True})
         await services.configs.get(admin_ctx, PROD, memo_key="a")
         assert services.configs.memo_get(admin_ctx.principal, "a") is None
+
+
+class TestRestrictedHistory:
+    async def _restricted_then_developer(self, services: Services, admin_ctx: Ctx) -> tuple[Ctx, ConfigRef]:
+        pii = await token_ctx(services, admin_ctx, "tenant-admin", "pii-authorized")
+        dev_ref = ConfigRef.parse("pii/users", "profile", "development")
+        await services.configs.put(pii, dev_ref, {"ssn": "x"}, metadata={"classification": "restricted"})
+        return await token_ctx(services, admin_ctx, "developer"), dev_ref
+
+    async def test_update_without_metadata_keeps_classification(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """A PUT that omits metadata keeps the entry restricted; a developer still can't read it."""
+        dev, ref = await self._restricted_then_developer(services, admin_ctx)
+        pii = await token_ctx(services, admin_ctx, "tenant-admin", "pii-authorized")
+        result = await services.configs.put(pii, ref, {"ssn": "y"})
+        assert result.version.metadata == {"classification": "restricted"}
+        with pytest.raises(PermissionDenied):
+            await services.configs.get(dev, ref)
+
+    async def test_history_and_diff_hide_restricted_versions(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """History and diff that would show a restricted version need pii-authorized."""
+        dev, ref = await self._restricted_then_developer(services, admin_ctx)
+        with pytest.raises(PermissionDenied):
+            await services.configs.history(dev, ref)
+        with pytest.raises(PermissionDenied):
+            await services.configs.diff(dev, ref, from_version=None, to_version=None)
+
+    async def test_rollback_to_restricted_version_needs_pii(self, services: Services, admin_ctx: Ctx) -> None:
+        """Rolling back onto a restricted version is a write of restricted content."""
+        pii = await token_ctx(services, admin_ctx, "tenant-admin", "pii-authorized")
+        await services.configs.put(pii, REF, {"v": 1}, metadata={"classification": "restricted"})
+        await services.configs.put(pii, REF, {"v": 2}, metadata={"classification": "internal"})
+        with pytest.raises(PermissionDenied):
+            await services.configs.rollback(admin_ctx, REF, 1)
+        assert (await services.configs.rollback(pii, REF, 1)).version.value == {"v": 1}
+
+    async def test_diff_of_first_version_is_against_empty(self, services: Services, admin_ctx: Ctx) -> None:
+        """Diffing an entry with one version shows everything added since version 0."""
+        await services.configs.put(admin_ctx, REF, {"a": 1})
+        out = await services.configs.diff(admin_ctx, REF, from_version=None, to_version=None)
+        assert out["from_version"] == 0
+        assert out["patch"] == [{"op": "add", "path": "/a", "value": 1}]
