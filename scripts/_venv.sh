@@ -1,5 +1,5 @@
-# Sourced by the scripts: find Python >= 3.11, create .venv once, install the project into it.
-# Usage: . scripts/_venv.sh [extras]
+# Sourced by the scripts: find Python >= 3.11, create .venv once, install the project into it
+# (again only when pyproject.toml or the extras changed). Usage: . scripts/_venv.sh [extras]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
@@ -12,9 +12,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
   done
   [ -n "$PY" ] || { echo "error: Python 3.11 or newer is required" >&2; exit 1; }
+  echo "creating $VENV with $("$PY" --version)"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 EXTRAS=${1:-}
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+STAMP="$VENV/.installed${EXTRAS:+-$EXTRAS}"
+WANT=$(cat "$ROOT/pyproject.toml" | cksum)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "installing llm-config-manager${EXTRAS:+[$EXTRAS]} into .venv ..."
+  LOG=$(mktemp)
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT${EXTRAS:+[$EXTRAS]}" >"$LOG" 2>&1; then
+    cat "$LOG" >&2; rm -f "$LOG"; echo "error: installation failed (output above)" >&2; exit 1
+  fi
+  rm -f "$LOG"
+  echo "$WANT" > "$STAMP"
+fi
 export PATH="$VENV/bin:$PATH"

@@ -66,7 +66,7 @@ class SchemaViolation(InvalidInput):
     code = "schema_violation"
     title = "Value violates its schema"
 
-    def __init__(self, detail: str, violations: list[dict[str, str]], **extra: Any) -> None:
+    def __init__(self, detail: str, violations: list[dict[str, Any]], **extra: Any) -> None:
         super().__init__(detail, violations=violations, **extra)
         self.violations = violations
 

@@ -84,7 +84,10 @@ def print_violations(violations: Iterable[dict[str, Any]]) -> None:
     for violation in violations:
         where = str(violation.get("pointer") or "(root)")  # "" is the whole document (RFC 6901)
         schema = violation.get("schema")
+        envs = violation.get("environments")
         suffix = f" (schema {schema})" if schema else ""
+        if isinstance(envs, list) and envs:
+            suffix += f" [resolved in {', '.join(map(str, envs))}]"
         click.echo(f"  {where}: {_one_line(str(violation.get('message', '')))}{suffix}", err=True)
 
 

@@ -21,7 +21,7 @@ import jsonpatch
 from server.service import policy
 from server.service.core import Core, Ctx
 from server.service.policy import Action, Principal, namespace_in_scope
-from server.service.schemas import SchemaService
+from server.service.schemas import SchemaService, check_resolved
 from server.storage import WriteTx
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.merge import deep_merge
@@ -371,7 +371,7 @@ class ConfigService:
             policy.Request(Action.CONFIG_WRITE, ref.environment, ref.namespace, authorized_cls),
             resource,
         )
-        await self.schemas.validate_for(tenant_id, ref.namespace, ref.key, value)
+        await self._validate_resolved(tenant_id, ref, value)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
             # metadata not given: the entry keeps what it had (its classification above all)
@@ -394,6 +394,7 @@ class ConfigService:
         self, ctx: Ctx, ref: ConfigRef, *, message: str = "", expected_version: int | None = None
     ) -> WriteResult:
         await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
+        await self._validate_resolved(ctx.principal.tenant_id, ref, None)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
             if latest is None or latest.tombstone:
@@ -424,7 +425,7 @@ class ConfigService:
         if target.tombstone:
             raise InvalidInput(f"version {version} is a deletion; roll back to a version with a value")
         await self._authorize_versions(ctx, ref, Action.CONFIG_WRITE, [target])
-        await self.schemas.validate_for(ctx.principal.tenant_id, ref.namespace, ref.key, target.value)
+        await self._validate_resolved(ctx.principal.tenant_id, ref, target.value)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
             note = message or f"rollback to version {version}"
@@ -441,6 +442,35 @@ class ConfigService:
             )
 
         return await self._write(ctx, ref, "config:rollback", expected_version, build)
+
+    async def _validate_resolved(self, tenant_id: str, ref: ConfigRef, value: dict[str, Any] | None) -> None:
+        """Check bound schemas against what apps would see: the resolved value of every
+        environment whose chain includes the written one (``value`` None: a deletion).
+
+        A partial override (say production changing only ``temperature``) is valid when
+        the value it resolves to is, not on its own.
+        """
+        schemas = await self.schemas.bound(tenant_id, ref.namespace, ref.key)
+        if not schemas:
+            return
+        chains = {env: await self.core.chain(tenant_id, env) for env in Environment}
+        affected = [env for env, chain in chains.items() if ref.environment in chain]
+        wanted = tuple({e for env in affected for e in chains[env]})
+        found = await self.core.storage.latest_in_envs(tenant_id, ref.namespace, ref.key, wanted)
+        resolved: dict[str, dict[str, Any]] = {}
+        for env in affected:
+            layers = []
+            for layer_env in chains[env]:
+                if layer_env is ref.environment:
+                    layer = value
+                else:
+                    row = found.get(layer_env)
+                    layer = row.value if row is not None and not row.tombstone else None
+                if layer is not None:
+                    layers.append((layer_env.value, layer))
+            if layers:
+                resolved[env.value] = deep_merge(layers)[0]
+        check_resolved(schemas, resolved, f"{ref.namespace}/{ref.key}")
 
     async def _next(
         self,

@@ -57,16 +57,6 @@ def violations_of(schema_name: str, schema: dict[str, Any], value: Any) -> list[
     return sorted(found, key=lambda v: (v["pointer"], v["schema_path"]))
 
 
-def raise_if_invalid(violations: list[dict[str, str]], subject: str) -> None:
-    if violations:
-        first = violations[0]
-        raise SchemaViolation(
-            f"{subject} violates its schema in {len(violations)} place(s); first: "
-            f"{first['pointer']}: {first['message']}",
-            violations,
-        )
-
-
 class SchemaService:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -137,18 +127,41 @@ class SchemaService:
                 tx, self.core.draft(ctx, "schema:unbind", f"schema-binding/{binding_id}", "ok")
             )
 
-    async def validate_for(self, tenant_id: str, namespace: str, key: str, value: Any) -> None:
-        """Raise ``SchemaViolation`` listing every violation of every bound schema."""
-        bindings = await self.core.storage.list_bindings(tenant_id)
-        found: list[dict[str, str]] = []
-        for binding in bindings:
-            if not (
+    async def bound(self, tenant_id: str, namespace: str, key: str) -> list[SchemaRecord]:
+        """The schemas bound to (namespace, key), each once."""
+        out: dict[str, SchemaRecord] = {}
+        for binding in await self.core.storage.list_bindings(tenant_id):
+            if binding.schema_name in out or not (
                 fnmatch.fnmatchcase(namespace, binding.namespace_glob)
                 and fnmatch.fnmatchcase(key, binding.key_glob)
             ):
                 continue
             record = await self._schema(tenant_id, binding.schema_name)
-            if record is None:
-                continue
-            found.extend(violations_of(record.name, record.schema, value))
-        raise_if_invalid(found, f"{namespace}/{key}")
+            if record is not None:
+                out[record.name] = record
+        return list(out.values())
+
+
+def check_resolved(schemas: list[SchemaRecord], resolved: dict[str, Any], subject: str) -> None:
+    """Validate the value each environment would resolve to; raise listing every violation.
+
+    ``resolved`` maps an environment name to its resolved value. A violation found in
+    several environments is listed once, with all of them in ``environments``.
+    """
+    merged: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for environment, value in resolved.items():
+        for schema in schemas:
+            for v in violations_of(schema.name, schema.schema, value):
+                entry = merged.setdefault(
+                    (v["pointer"], v["schema_path"], v["message"], v["schema"]), {**v, "environments": []}
+                )
+                entry["environments"].append(environment)
+    violations = sorted(merged.values(), key=lambda v: (v["pointer"], v["schema_path"]))
+    if violations:
+        first = violations[0]
+        raise SchemaViolation(
+            f"{subject} would violate its schema in {len(violations)} place(s) "
+            f"(resolved in {', '.join(first['environments'])}); first: "
+            f"{first['pointer'] or '(root)'}: {first['message']}",
+            violations,
+        )

@@ -236,9 +236,7 @@ class SQLiteWriteTx:
         )
 
     async def update_tenant_settings(self, tenant_id: str, settings: dict[str, Any]) -> None:
-        await self._exec(
-            "UPDATE tenants SET settings = ? WHERE id = ?", (_dumps(settings), tenant_id)
-        )
+        await self._exec("UPDATE tenants SET settings = ? WHERE id = ?", (_dumps(settings), tenant_id))
 
     async def insert_token(self, token: TokenRecord) -> None:
         await self._exec(

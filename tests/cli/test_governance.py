@@ -59,8 +59,11 @@ class TestSchemaBinding:
         assert "bound schema rate-limit to limits/*" in bound.out
         rejected = cli("set", "limits/gateway", "default", "--value", '{"rpm": 0, "burst": "x"}')
         assert rejected.code == 1
-        assert rejected.err_lines[0].startswith("error: limits/gateway/default violates its schema")
-        assert rejected.err_lines[1:] == ["  /rpm: 0 is less than the minimum of 1 (schema rate-limit)"]
+        assert rejected.err_lines[0].startswith("error: limits/gateway/default would violate its schema")
+        assert rejected.err_lines[1:] == [
+            "  /rpm: 0 is less than the minimum of 1 (schema rate-limit)"
+            " [resolved in global, development, staging, production, edge]"
+        ]
         assert cli("set", "limits/gateway", "default", "--value", '{"rpm": 5}').code == 0
 
 

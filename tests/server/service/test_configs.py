@@ -8,7 +8,7 @@ import jsonpatch
 import pytest
 
 from server.service import Ctx, Services
-from shared.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from shared.errors import Conflict, InvalidInput, NotFound, PermissionDenied, SchemaViolation, Unauthenticated
 from shared.models import ConfigRef
 from tests.server.service.conftest import FakeClock, token_ctx
 
@@ -250,3 +250,53 @@ class TestRestrictedHistory:
         out = await services.configs.diff(admin_ctx, REF, from_version=None, to_version=None)
         assert out["from_version"] == 0
         assert out["patch"] == [{"op": "add", "path": "/a", "value": 1}]
+
+
+class TestSchemasOnResolvedValues:
+    async def _bind(self, services: Services, admin_ctx: Ctx) -> None:
+        await services.schemas.bind(admin_ctx, "model-endpoint", "llm-gateway/*", "primary-model")
+
+    async def test_partial_override_is_valid_when_resolution_is(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """A production layer with only some fields passes: its resolved value is complete."""
+        await self._bind(services, admin_ctx)
+        await services.configs.put(admin_ctx, REF, {"provider": "openai", "model": "gpt-4o"})
+        result = await services.configs.put(admin_ctx, PROD, {"temperature": 0.1})
+        assert result.changed
+
+    async def test_override_breaking_resolution_names_environment(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """An override that makes production's resolved value invalid is refused, naming production."""
+        await self._bind(services, admin_ctx)
+        await services.configs.put(admin_ctx, REF, {"provider": "openai", "model": "gpt-4o"})
+        with pytest.raises(SchemaViolation) as err:
+            await services.configs.put(admin_ctx, PROD, {"temperature": 9})
+        assert [(v["pointer"], v["environments"]) for v in err.value.violations] == [
+            ("/temperature", ["production"])
+        ]
+
+    async def test_lower_layer_change_checks_every_environment_above(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """A global write that breaks only production's resolution is refused for production."""
+        await self._bind(services, admin_ctx)
+        await services.configs.put(admin_ctx, REF, {"provider": "openai", "model": "a", "max_tokens": 10})
+        await services.configs.put(admin_ctx, PROD, {"provider": "anthropic", "model": "b"})
+        with pytest.raises(SchemaViolation) as err:
+            await services.configs.put(admin_ctx, REF, {"max_tokens": 10})
+        envs = {e for v in err.value.violations for e in v["environments"]}
+        assert envs == {"global", "development", "staging", "edge"}  # production has its own provider and model
+        assert all(v["pointer"] == "" for v in err.value.violations)
+
+    async def test_deleting_a_base_layer_that_others_need_is_refused(
+        self, services: Services, admin_ctx: Ctx
+    ) -> None:
+        """Deleting global when production's override alone would be invalid fails; nothing changes."""
+        await self._bind(services, admin_ctx)
+        await services.configs.put(admin_ctx, REF, {"provider": "openai", "model": "a"})
+        await services.configs.put(admin_ctx, PROD, {"temperature": 0.5})
+        with pytest.raises(SchemaViolation):
+            await services.configs.delete(admin_ctx, REF)
+        assert (await services.configs.get(admin_ctx, REF)).body["value"]["model"] == "a"
