@@ -108,6 +108,24 @@ def validate_key(key: str) -> str:
     return key
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(data: str | bytes, source: str) -> Any:
+    """Strict JSON (no NaN or Infinity); ``InvalidInput`` naming ``source`` and where it broke."""
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{source} is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:
+        raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
+
+
 def canonical_json(value: Any) -> bytes:
     """The byte form hashed and compared everywhere: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from server.service import Ctx, Services
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.models import parse_json
 
 CTX_KEY = "llmcm_ctx"
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -29,10 +30,6 @@ def ctx_of(request: web.Request) -> Ctx:
     return ctx
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; 400 if malformed, 413 if over the limit."""
     try:
@@ -43,16 +40,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         ) from None
     if not raw:
         raise InvalidInput("request body is empty; send a JSON object")
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise InvalidInput("request body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"malformed JSON in request body: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except ValueError as exc:
-        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+    body = parse_json(raw, "request body")
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     return body

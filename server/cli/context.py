@@ -23,6 +23,7 @@ import click
 
 from shared.client import RestClient, check_server_url
 from shared.errors import InvalidInput, Unauthenticated
+from shared.models import parse_json
 
 T = TypeVar("T")
 
@@ -155,19 +156,9 @@ pass_app = click.make_pass_decorator(App)
 def read_json_text(text: str, source: str) -> Any:
     """Parse JSON read from ``source`` (a file name, 'stdin' or '--value'); ``InvalidInput`` if bad."""
 
-    def reject(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     if not text.strip():
         raise InvalidInput(f"{source} is empty; expected JSON")
-    try:
-        return json.loads(text, parse_constant=reject)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except ValueError as exc:
-        raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
+    return parse_json(text, source)
 
 
 def read_json_object(text: str, source: str) -> dict[str, Any]:

@@ -287,7 +287,12 @@ class TestSchemasOnResolvedValues:
         with pytest.raises(SchemaViolation) as err:
             await services.configs.put(admin_ctx, REF, {"max_tokens": 10})
         envs = {e for v in err.value.violations for e in v["environments"]}
-        assert envs == {"global", "development", "staging", "edge"}  # production has its own provider and model
+        assert envs == {
+            "global",
+            "development",
+            "staging",
+            "edge",
+        }  # production has its own provider and model
         assert all(v["pointer"] == "" for v in err.value.violations)
 
     async def test_deleting_a_base_layer_that_others_need_is_refused(
