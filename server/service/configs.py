@@ -11,6 +11,7 @@ caching the old value).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class ReadResult:
     etag: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "etag", f'"{self.body["sha256"]}"')
+        # over the whole answer: a rollback to the same value is a new version, a new ETag
+        object.__setattr__(self, "etag", f'"{hashlib.sha256(self.encoded).hexdigest()[:32]}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,6 @@ class ConfigService:
         # already passed policy for; valid while no write and no settings change hit the tenant
         self._memo: dict[tuple[str, Hashable], tuple[int, dict[str, Any], ReadResult]] = {}
         core.settings_listeners.append(self._invalidate)  # chains shape resolved values
-        self.commit_hooks: list[Callable[[str, ConfigVersion], Awaitable[None]]] = []
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -185,6 +186,8 @@ class ConfigService:
         decision = self.core.decide(ctx.principal, request, settings)
         if not decision.allowed:
             await self.core.deny(ctx, request, decision, ref)
+        if resolve:
+            await self._authorize_chain(ctx, ref.environment, ref.namespace, settings)
         cache_key = (ref, version, resolve, explain)
         result = self._cache.get(tenant_id, {}).get(cache_key)
         if result is None:
@@ -198,12 +201,27 @@ class ConfigService:
             restricted = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace, "restricted")
             await self.core.authorize(ctx, restricted, ref)
         if settings["audit_reads"]:
-            await self.core.audit(tenant_id, self.core.draft(ctx, "config:read", f"config/{ref}", "ok"))
+            await self._audit_read(ctx, settings, f"config/{ref}")
         elif memo_key is not None and result.classification != "restricted":
             if len(self._memo) >= _CACHE_MAX_PER_TENANT:
                 self._memo.clear()
             self._memo[(ctx.principal.token_id, memo_key)] = (start_generation, settings, result)
         return result
+
+    async def _authorize_chain(
+        self, ctx: Ctx, env: Environment, namespace: str | None, settings: dict[str, Any]
+    ) -> None:
+        """A resolved value shows every layer of its chain: each must be readable.
+
+        With the default chains this follows from reading the target environment; a tenant
+        chain that pulls in a more privileged environment (say production into development)
+        must not hand its values to someone who can't read them.
+        """
+        for layer_env in settings["chains"][env.value]:
+            request = policy.Request(Action.CONFIG_READ, Environment(layer_env), namespace)
+            decision = self.core.decide(ctx.principal, request, settings)
+            if not decision.allowed:
+                await self.core.deny(ctx, request, decision, f"config/{namespace or '*'}@{env.value}")
 
     async def _raw(self, tenant_id: str, ref: ConfigRef, version: int | None) -> ReadResult:
         found = await self.core.storage.get_version(tenant_id, ref, version)
@@ -252,6 +270,9 @@ class ConfigService:
         tenant_id = ctx.principal.tenant_id
         prefix = validate_prefix(prefix)
         await self.core.authorize(ctx, policy.Request(Action.CONFIG_READ, env), f"configs/{prefix or ''}")
+        settings = await self.core.settings(tenant_id)
+        if resolve:
+            await self._authorize_chain(ctx, env, None, settings)
         chain = await self.core.chain(tenant_id, env) if resolve else (env,)
         rows = await self.core.storage.list_latest(tenant_id, chain)
         scopes = ctx.principal.namespaces
@@ -272,7 +293,14 @@ class ConfigService:
                 out.append(self._resolved_body(ConfigRef(namespace, key, env), layers, False))
             elif env in by_env:
                 out.append(by_env[env].to_dict())
+        await self._audit_read(ctx, settings, f"configs/{prefix or ''}@{env.value}")
         return out
+
+    async def _audit_read(self, ctx: Ctx, settings: dict[str, Any], resource: str) -> None:
+        """Reads are audited only where the tenant turned it on (denied reads always are)."""
+        if settings["audit_reads"]:
+            draft = self.core.draft(ctx, "config:read", resource, "ok")
+            await self.core.audit(ctx.principal.tenant_id, draft)
 
     async def history(
         self, ctx: Ctx, ref: ConfigRef, *, limit: int = 100, before: int | None = None
@@ -284,6 +312,9 @@ class ConfigService:
             ctx.principal.tenant_id, ref, limit=limit, before_version=before
         )
         await self._authorize_versions(ctx, ref, Action.CONFIG_READ, versions)
+        await self._audit_read(
+            ctx, await self.core.settings(ctx.principal.tenant_id), f"config/{ref}/history"
+        )
         return [v.to_dict(with_patch=True) for v in versions]
 
     async def diff(
@@ -306,6 +337,7 @@ class ConfigService:
             values[n] = found.value
             found_versions.append(found)
         await self._authorize_versions(ctx, ref, Action.CONFIG_READ, found_versions)
+        await self._audit_read(ctx, await self.core.settings(tenant_id), f"config/{ref}/diff")
         patch = jsonpatch.make_patch(values[from_v], values[to_v]).patch
         return {
             "namespace": ref.namespace,
@@ -551,19 +583,23 @@ class ConfigService:
                     {
                         "version": new.version,
                         "revision": new.revision,
-                        "sha256": new.sha256,
                         "change_type": new.change_type.value,
                     },
                 ),
             )
         self._invalidate(tenant_id)
-        for hook in self.commit_hooks:
-            await hook(tenant_id, new)
         return WriteResult(new, changed=True)
 
     async def changes_since(self, ctx: Ctx, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
         """Committed versions after ``revision`` in revision order (for watch and edge sync)."""
-        await self.core.authorize(ctx, policy.Request(Action.CONFIG_READ), "changes")
-        rows = await self.core.storage.changes_since(ctx.principal.tenant_id, revision, limit=limit)
-        scopes = ctx.principal.namespaces
-        return [r for r in rows if not scopes or namespace_in_scope(r.namespace, scopes)]
+        tenant_id = ctx.principal.tenant_id
+        settings = await self.core.settings(tenant_id)
+        rows = await self.core.storage.changes_since(tenant_id, revision, limit=limit)
+
+        def readable(row: ConfigVersion) -> bool:
+            request = policy.Request(
+                Action.CONFIG_READ, row.environment, row.namespace, _classification(row.metadata)
+            )
+            return self.core.decide(ctx.principal, request, settings).allowed
+
+        return [r for r in rows if readable(r)]

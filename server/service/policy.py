@@ -34,6 +34,8 @@ class Action(StrEnum):
 ROLES = ("global-admin", "tenant-admin", "operator", "developer", "service-account", "pii-authorized")
 ALL_ENVS = frozenset(Environment)
 _CONFIG_ACTIONS = {Action.CONFIG_READ, Action.CONFIG_WRITE}
+# what a token limited to namespaces may do at all (its scope bounds only these)
+_SCOPED_ACTIONS = {Action.CONFIG_READ, Action.CONFIG_WRITE, Action.SCHEMA_READ}
 
 # role -> action -> environments it may act on (None: the action has no environment)
 GRANTS: dict[str, dict[Action, frozenset[Environment] | None]] = {
@@ -99,7 +101,7 @@ def namespace_in_scope(namespace: str, scopes: tuple[str, ...]) -> bool:
     for scope in scopes:
         if namespace == scope or namespace.startswith(scope + "/"):
             return True
-        if any(c in scope for c in "*?[") and fnmatch.fnmatchcase(namespace, scope):
+        if any(c in scope for c in "*?") and fnmatch.fnmatchcase(namespace, scope):
             return True
     return False
 
@@ -122,8 +124,11 @@ def validate_change_window(window: Any) -> dict[str, Any] | None:
             datetime.strptime(str(raw), "%H:%M")
         except ValueError:
             raise InvalidInput(f"change_window.{field} must be a time like 09:00 (UTC)") from None
-    if window["start"] >= window["end"]:
-        raise InvalidInput("change_window.start must be earlier than change_window.end")
+    if window["start"] == window["end"]:
+        raise InvalidInput(
+            "change_window.start and change_window.end must differ "
+            "(an end before the start is a window across midnight)"
+        )
     return {"days": days, "start": window["start"], "end": window["end"]}
 
 
@@ -132,9 +137,12 @@ def depends_on_time(request: Request) -> bool:
 
 
 def in_change_window(window: dict[str, Any], now: datetime) -> bool:
-    day = _DAYS[now.weekday()]
-    hhmm = now.strftime("%H:%M")
-    return day in window["days"] and window["start"] <= hhmm < window["end"]
+    """Inside the window? ``days`` name the day a window opens; 22:00-06:00 runs past midnight."""
+    day, hhmm = now.weekday(), now.strftime("%H:%M")
+    start, end, days = window["start"], window["end"], window["days"]
+    if start < end:
+        return _DAYS[day] in days and start <= hhmm < end
+    return (_DAYS[day] in days and hhmm >= start) or (_DAYS[(day - 1) % 7] in days and hhmm < end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,12 @@ def decide(
     every other decision is a function of (principal, request, settings) and may be memoized.
     """
     action = request.action
+    if principal.namespaces and action not in _SCOPED_ACTIONS:
+        return Decision(
+            False,
+            "deny:namespace-scope",
+            f"a token limited to namespaces may only read and write configs, not {action.value}",
+        )
     if principal.namespaces and request.namespace is not None and action in _CONFIG_ACTIONS:
         if not namespace_in_scope(request.namespace, principal.namespaces):
             return Decision(
@@ -189,7 +203,8 @@ def decide(
         if action not in grants:
             continue
         envs = grants[action]
-        if envs is None or request.environment is None or request.environment in envs:
+        # a config action without an environment means every environment
+        if envs is None or (envs == ALL_ENVS if request.environment is None else request.environment in envs):
             where = f" in {request.environment.value}" if request.environment else ""
             return Decision(True, f"allow:role:{role}", f"role {role} grants {action.value}{where}")
     where = f" in {request.environment.value}" if request.environment else ""

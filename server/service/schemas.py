@@ -9,14 +9,18 @@ Pointer, not only the first.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import uuid
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.jsonschema
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
 
 from server.service import policy
 from server.service.builtin_schemas import BUILTIN_SCHEMAS
@@ -40,16 +44,94 @@ def _validator(schema: dict[str, Any]) -> Validator:
     return cls(schema)
 
 
-def violations_of(schema_name: str, schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
-    """Every violation of ``schema`` by ``value``, sorted by JSON Pointer."""
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def check_refs(schema: dict[str, Any]) -> None:
+    """Every ``$ref`` must resolve inside the schema itself: nothing is fetched from anywhere."""
+    spec = referencing.jsonschema.specification_with(
+        str(schema.get("$schema", "")), default=referencing.jsonschema.DRAFT202012
+    )
+    resource = spec.create_resource(schema)
+    base = resource.id() or ""
+    resolver = referencing.Registry().with_resource(base, resource).resolver(base_uri=base)
+    for ref in _refs(schema):
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            raise InvalidInput(
+                f"$ref {ref[:200]!r} does not resolve within the schema; remote references are not "
+                "fetched: put the definition under $defs"
+            ) from None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# Messages built only from the schema, never from the value: a resolved value can hold
+# layers (or restricted data) the writer may not read, and jsonschema's own messages quote it.
+_VALUE_FREE: dict[str, str] = {
+    "type": "is not of type {}",
+    "enum": "is not one of {}",
+    "const": "is not {}",
+    "minimum": "is less than the minimum of {}",
+    "maximum": "is greater than the maximum of {}",
+    "exclusiveMinimum": "is not greater than {}",
+    "exclusiveMaximum": "is not less than {}",
+    "multipleOf": "is not a multiple of {}",
+    "minLength": "is shorter than {} characters",
+    "maxLength": "is longer than {} characters",
+    "pattern": "does not match the pattern {}",
+    "format": "is not a valid {}",
+    "minItems": "has fewer than {} items",
+    "maxItems": "has more than {} items",
+    "uniqueItems": "has repeated items",
+    "minProperties": "has fewer than {} properties",
+    "maxProperties": "has more than {} properties",
+    "additionalProperties": "has properties the schema does not allow",
+    "unevaluatedProperties": "has properties the schema does not allow",
+    "propertyNames": "has a property name the schema does not allow",
+}
+
+
+def _value_free_message(error: ValidationError) -> str:
+    if error.validator == "required":
+        # jsonschema names the missing property, which comes from the schema
+        return error.message
+    template = _VALUE_FREE.get(str(error.validator))
+    if template is not None:
+        return template.format(_short(error.validator_value))
+    return f"does not satisfy {error.validator!r}"
+
+
+def violations_of(
+    schema_name: str, schema: dict[str, Any], value: Any, *, quote_values: bool = True
+) -> list[dict[str, str]]:
+    """Every violation of ``schema`` by ``value``, sorted by JSON Pointer.
+
+    ``quote_values=False`` words every message from the schema alone (what the server
+    returns); the offline CLI check of a user's own file keeps jsonschema's messages.
+    """
     validator = _validator(schema)
     found = []
-    for error in validator.iter_errors(value):
+    try:
+        errors = list(validator.iter_errors(value))
+    except Unresolvable as exc:
+        raise InvalidInput(f"schema {schema_name!r} has a $ref that cannot be resolved: {exc}") from None
+    for error in errors:
         pointer = "".join("/" + pointer_escape(str(p)) for p in error.absolute_path)
         found.append(
             {
                 "pointer": pointer,
-                "message": error.message[:500],
+                "message": (error.message if quote_values else _value_free_message(error))[:500],
                 "schema": schema_name,
                 "schema_path": "/" + "/".join(pointer_escape(str(p)) for p in error.absolute_schema_path),
             }
@@ -87,6 +169,7 @@ class SchemaService:
         if not isinstance(schema, dict):
             raise InvalidInput("'schema' must be a JSON object (a JSON Schema)")
         _validator(schema)
+        check_refs(schema)
         record = SchemaRecord(name, schema, False, self.core.now_iso())
         tenant_id = ctx.principal.tenant_id
         async with self.core.storage.write(tenant_id) as tx:
@@ -151,7 +234,7 @@ def check_resolved(schemas: list[SchemaRecord], resolved: dict[str, Any], subjec
     merged: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for environment, value in resolved.items():
         for schema in schemas:
-            for v in violations_of(schema.name, schema.schema, value):
+            for v in violations_of(schema.name, schema.schema, value, quote_values=False):
                 entry = merged.setdefault(
                     (v["pointer"], v["schema_path"], v["message"], v["schema"]), {**v, "environments": []}
                 )

@@ -69,6 +69,31 @@ def _check_scopes(namespaces: Any) -> tuple[str, ...]:
     return tuple(namespaces)
 
 
+AUTH_FAILURES_PER_SECOND = 10
+
+
+class _RateGate:
+    """Per-key fixed one-second windows: admit ``limit`` events, count the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._windows: dict[str, list[float | int]] = {}  # key -> [window start, admitted, suppressed]
+
+    def admit(self, key: str, now: float) -> int | None:
+        """None when over the rate (counted); else how many were suppressed before this one."""
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= 1.0:
+            suppressed = int(window[2]) if window is not None else 0
+            self._windows[key] = [now, 1, 0]
+            return suppressed
+        if window[1] >= self.limit:
+            window[2] += 1
+            return None
+        window[1] += 1
+        suppressed, window[2] = int(window[2]), 0
+        return suppressed
+
+
 @dataclass(frozen=True, slots=True)
 class _Authenticated:
     """An auth-cache entry: the stored token and what a request needs of it, computed once."""
@@ -85,10 +110,21 @@ def _expiry_epoch(token: TokenRecord) -> float:
     return datetime.fromisoformat(token.expires_at.replace("Z", "+00:00")).timestamp()
 
 
+def grantable_roles(creator: frozenset[str]) -> set[str]:
+    """Roles a token with ``creator`` roles may put on a new token: never more than it has."""
+    if "global-admin" in creator:
+        return set(ROLES)
+    grantable = set(creator)
+    if "tenant-admin" in creator:
+        grantable |= {"operator", "developer", "service-account"}
+    return grantable
+
+
 class TenantService:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._auth_cache: dict[str, _Authenticated] = {}
+        self._auth_failures = _RateGate(AUTH_FAILURES_PER_SECOND)
 
     # -- authentication --------------------------------------------------------------------
 
@@ -120,7 +156,17 @@ class TenantService:
     async def _audit_auth_failure(
         self, chain: str, token_id: str, reason: str, digest: str | None, request_id: str
     ) -> None:
+        """Record a failed authentication, at most AUTH_FAILURES_PER_SECOND per chain.
+
+        Each record is a durable write; a flood of bad tokens must not slow real writes.
+        Failures over the rate are counted and the count goes into the next record written.
+        """
+        suppressed = self._auth_failures.admit(chain, time.monotonic())
+        if suppressed is None:
+            return
         metadata: dict[str, Any] = {"reason": reason}
+        if suppressed:
+            metadata["suppressed_before"] = suppressed
         if digest:
             metadata["token_fingerprint"] = digest[:12]
         await self.core.audit(
@@ -199,12 +245,15 @@ class TenantService:
         return await self.core.storage.list_tenants()
 
     async def get_tenant(self, ctx: Ctx, tenant_id: str) -> Tenant:
+        """Any token sees its own tenant; its effective settings only with settings:read."""
         if tenant_id != ctx.principal.tenant_id:
             await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), "tenants")
         tenant = await self.core.storage.get_tenant(tenant_id)
         if tenant is None:
             raise NotFound("tenant not found")
-        return tenant
+        if not (await self.core.check(ctx, policy.Request(Action.SETTINGS_READ))).allowed:
+            return replace(tenant, settings={})
+        return replace(tenant, settings=await self.core.settings(tenant_id))  # with defaults filled
 
     # -- settings --------------------------------------------------------------------------
 
@@ -279,10 +328,16 @@ class TenantService:
             if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
                 raise InvalidInput("expires_in must be a positive number of seconds")
             expires_at = iso(self.core.clock() + timedelta(seconds=expires_in))
+        if "service-account" in checked_roles and not scopes:
+            raise InvalidInput("a service-account token must name the namespaces it may read ('namespaces')")
         target = await self._target_tenant(ctx, tenant_id)
-        if "global-admin" in checked_roles and "global-admin" not in ctx.principal.roles:
+        beyond = sorted(set(checked_roles) - grantable_roles(ctx.principal.roles))
+        if beyond:
             decision = policy.Decision(
-                False, "deny:role-escalation", "only a global-admin may create a global-admin token"
+                False,
+                "deny:role-escalation",
+                f"this token may not grant {', '.join(beyond)}: a token grants only roles it holds "
+                "(admins may also grant operator, developer and service-account)",
             )
             await self.core.audit(
                 ctx.principal.tenant_id,

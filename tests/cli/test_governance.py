@@ -61,7 +61,7 @@ class TestSchemaBinding:
         assert rejected.code == 1
         assert rejected.err_lines[0].startswith("error: limits/gateway/default would violate its schema")
         assert rejected.err_lines[1:] == [
-            "  /rpm: 0 is less than the minimum of 1 (schema rate-limit)"
+            "  /rpm: is less than the minimum of 1 (schema rate-limit)"
             " [resolved in global, development, staging, production, edge]"
         ]
         assert cli("set", "limits/gateway", "default", "--value", '{"rpm": 5}').code == 0

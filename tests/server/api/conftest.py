@@ -22,13 +22,17 @@ def tadmin(server: ServerProcess, tenant: dict[str, str]) -> Http:
 
 
 @pytest.fixture
-def make_token(server: ServerProcess, tadmin: Http) -> MakeToken:
-    """Create a token in the test's tenant: make_token(roles, namespaces, **extra) -> (client, record)."""
+def make_token(server: ServerProcess, admin: Http, tenant: dict[str, str]) -> MakeToken:
+    """Create a token in the test's tenant: make_token(roles, namespaces, **extra) -> (client, record).
+
+    The global admin creates it: a tenant-admin may not grant roles it lacks (pii-authorized).
+    """
 
     def make(
         roles: list[str], namespaces: list[str] | None = None, **extra: Any
     ) -> tuple[Http, dict[str, Any]]:
-        created = token(tadmin, f"tok-{next(_names)}", roles, namespaces, **extra)
+        extra.setdefault("tenant_id", tenant["id"])
+        created = token(admin, f"tok-{next(_names)}", roles, namespaces, **extra)
         return server.http(created["token"]), created
 
     return make

@@ -305,3 +305,23 @@ class TestSchemasOnResolvedValues:
         with pytest.raises(SchemaViolation):
             await services.configs.delete(admin_ctx, REF)
         assert (await services.configs.get(admin_ctx, REF)).body["value"]["model"] == "a"
+
+
+class TestChangesSince:
+    async def test_changes_are_filtered_like_reads(self, services: Services, admin_ctx: Ctx) -> None:
+        """A developer's change feed holds only what it may read: no production, no restricted."""
+        pii = await token_ctx(services, admin_ctx, "tenant-admin", "pii-authorized")
+        dev_ref = ConfigRef.parse("app", "k", "development")
+        await services.configs.put(admin_ctx, dev_ref, {"v": 1})
+        await services.configs.put(admin_ctx, PROD, {"v": 2})
+        await services.configs.put(
+            pii,
+            ConfigRef.parse("pii", "k", "development"),
+            {"v": 3},
+            metadata={"classification": "restricted"},
+        )
+        dev = await token_ctx(services, admin_ctx, "developer")
+        seen = await services.configs.changes_since(dev, 0)
+        assert [(c.namespace, c.environment.value) for c in seen] == [("app", "development")]
+        everything = await services.configs.changes_since(pii, 0)
+        assert [c.revision for c in everything] == [1, 2, 3]

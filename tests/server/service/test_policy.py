@@ -66,6 +66,18 @@ class TestRoles:
         assert check(scoped, Action.CONFIG_WRITE, E.PRODUCTION, "team-a/x")[0]
         assert check(scoped, Action.CONFIG_WRITE, E.PRODUCTION, "team-b/x")[1] == "deny:namespace-scope"
 
+    def test_scoped_tokens_only_touch_configs(self) -> None:
+        """A namespace-limited token can't manage tokens, settings, schemas or read the audit log."""
+        scoped = who("tenant-admin", "pii-authorized", namespaces=("team-a",))
+        for action in (Action.TOKEN_MANAGE, Action.SETTINGS_WRITE, Action.SCHEMA_WRITE, Action.AUDIT_READ):
+            assert check(scoped, action) == (False, "deny:namespace-scope")
+        assert check(scoped, Action.SCHEMA_READ)[0]
+
+    def test_no_environment_means_every_environment(self) -> None:
+        """A config read across environments needs a grant covering all of them."""
+        assert check(who("developer"), Action.CONFIG_READ, None, ns=None) == (False, "deny:default")
+        assert check(who("operator"), Action.CONFIG_READ, None, ns=None)[0]
+
     def test_tenant_admin_cannot_manage_tenants(self) -> None:
         """Only global-admin may create or list tenants."""
         assert check(who("tenant-admin"), Action.TENANT_MANAGE)[0] is False
@@ -96,6 +108,16 @@ class TestDenyRules:
             0
         ]
 
+    def test_overnight_window_spans_midnight(self) -> None:
+        """A 22:00-06:00 window opened on Monday covers Monday 23:00 and Tuesday 05:00, not Tuesday 07:00."""
+        night = {**DEFAULT_SETTINGS, "change_window": {"days": ["mon"], "start": "22:00", "end": "06:00"}}
+
+        def at(day: int, hour: int) -> bool:
+            now = datetime(2026, 11, 23 + day, hour, 0, tzinfo=UTC)  # 23rd is a Monday
+            return check(who("operator"), Action.CONFIG_WRITE, E.PRODUCTION, settings=night, now=now)[0]
+
+        assert (at(0, 23), at(1, 5), at(1, 7), at(0, 21)) == (True, True, False, False)
+
     def test_restricted_needs_pii_authorized(self) -> None:
         """Restricted configs need pii-authorized on top of a role that grants the action."""
         assert check(who("tenant-admin"), Action.CONFIG_READ, E.GLOBAL, cls="restricted") == (
@@ -121,7 +143,7 @@ class TestSettings:
             {"chains": {"qa": ["qa"]}},
             {"chains": {"staging": ["global", "global", "staging"]}},
             {"change_window": {"days": ["xyz"], "start": "09:00", "end": "10:00"}},
-            {"change_window": {"start": "18:00", "end": "09:00"}},
+            {"change_window": {"start": "09:00", "end": "09:00"}},
             {"audit_reads": "yes"},
             {"colour": "red"},
         ],
