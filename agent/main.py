@@ -33,6 +33,13 @@ def watch() -> None:
     _not_yet("watch")
 
 
+@cli.command()
+@click.option("--standalone", is_flag=True, help="Edge mode (not implemented yet).")
+def run(standalone: bool) -> None:
+    """Run as an edge agent with --standalone (not implemented yet)."""
+    _not_yet("run --standalone" if standalone else "run")
+
+
 def main() -> None:
     cli(prog_name="llm-config-agent")
 

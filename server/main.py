@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from typing import Any
 
@@ -20,6 +21,7 @@ from server.api.app import create_app
 from server.config import ServerConfig
 from server.service import Services
 from server.storage import open_storage
+from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import LLMConfigError
 from shared.logs import configure_logging
 
@@ -97,17 +99,20 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
 
     async def run() -> list[int]:
         store = open_storage(config.storage_url)
-        await store.open()  # opening applies pending migrations
+        await store.open(migrate=False)  # so that migrate() below reports what it applied
         try:
             return await store.migrate()
         finally:
             await store.close()
 
     try:
-        asyncio.run(run())
+        applied = asyncio.run(run())
     except LLMConfigError as exc:
         raise click.ClickException(exc.detail) from None
-    click.echo("schema is up to date")
+    if applied:
+        click.echo(f"applied migrations: {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"schema is up to date (version {max(v for v, _ in SQLITE_MIGRATIONS)})")
 
 
 @cli.command()
@@ -131,19 +136,36 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
         raise click.ClickException(exc.detail) from None
 
 
+def _init_hint(config: ServerConfig) -> tuple[str, str]:
+    """Where the store is, and the init command that creates it, as the user would name them."""
+    if config.storage:
+        return config.storage, f"llm-config-server init --storage {config.storage}"
+    return str(config.data_dir), f"llm-config-server init --data {config.data_dir}"
+
+
 async def _serve(config: ServerConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_storage(config.storage_url) as store:
+        if not await store.list_tenants():
+            where, init_cmd = _init_hint(config)
+            raise click.ClickException(f"no tenant in the store at {where}; run '{init_cmd}' first")
         services = Services.build(store, max_value_bytes=config.max_body_bytes)
         app = create_app(services, max_body_bytes=config.max_body_bytes)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
         await runner.setup()
         try:
             site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                # asyncio wraps the bind error in a long sentence; the errno says it plainly
+                reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+                raise click.ClickException(
+                    f"cannot listen on {config.host}:{config.port}: {reason}"
+                ) from None
             log.info("server_started", host=config.host, port=config.port, storage=store.url_for_logs)
             await stop.wait()
             log.info("server_stopping", drain_seconds=config.shutdown_timeout)

@@ -166,6 +166,12 @@ def _paths() -> dict[str, Any]:
                     _param("version", "query", _INT, "A stored version"),
                     _param("resolve", "query", {"type": "boolean"}, "Deep-merge the chain"),
                     _param("explain", "query", {"type": "boolean"}, "Add provenance per leaf"),
+                    _param(
+                        "If-None-Match",
+                        "header",
+                        {"type": "string"},
+                        "The ETag of an earlier answer, as sent; 304 with no body if it still matches",
+                    ),
                 ],
             ),
             "put": _op(
@@ -181,7 +187,16 @@ def _paths() -> dict[str, Any]:
             "delete": _op(
                 "Delete (writes a tombstone version)",
                 {"200": _json(_ref("WriteResult")), **_problems(400, *_AUTH, 404, 409)},
-                params=[*cfg, _param("If-Match", "header", {"type": "string"}, "Expected version")],
+                params=[
+                    *cfg,
+                    _param("If-Match", "header", {"type": "string"}, "Expected version"),
+                    _param(
+                        "message",
+                        "query",
+                        {"type": "string", "maxLength": 2000},
+                        "Change message for history and audit (longer ones are cut to 2000 characters)",
+                    ),
+                ],
             ),
         },
         "/v1/configs/{namespace}/{key}/history": {

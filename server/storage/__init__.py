@@ -11,11 +11,6 @@ from shared.errors import InvalidInput
 __all__ = ["SYSTEM_CHAIN", "AuditDraft", "SQLiteStorage", "Storage", "WriteTx", "open_storage"]
 
 
-def sqlite_url(data_dir: Path) -> str:
-    """``sqlite:///`` followed by the file's path (absolute here, so four slashes)."""
-    return f"sqlite:///{(data_dir / 'llmcm.db').resolve()}"
-
-
 def open_storage(url: str) -> SQLiteStorage:
     """An unopened backend for ``url``; use it as ``async with open_storage(url) as s``."""
     if url.startswith("sqlite:///"):

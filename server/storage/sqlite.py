@@ -155,14 +155,6 @@ class SQLiteWriteTx:
         )
         return _version(row) if row else None
 
-    async def get_version(self, ref: ConfigRef, version: int) -> ConfigVersion | None:
-        row = await self._one(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
-            "AND key = ? AND environment = ? AND version = ?",
-            (self.chain, ref.namespace, ref.key, ref.environment.value, version),
-        )
-        return _version(row) if row else None
-
     async def insert_version(self, v: ConfigVersion) -> None:
         await self._exec(
             f"INSERT INTO config_versions (tenant_id, {_VERSION_COLS}) "
@@ -316,22 +308,37 @@ class SQLiteStorage:
         await conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect, creating the file (mode 0600) if missing, and apply pending migrations.
+
+        ``migrate=False`` leaves the schema alone, for a caller that runs ``migrate()``
+        itself and wants to know what it applied.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
         try:
             self._writer = await self._connect()
-            await self.migrate()
+            if migrate:
+                await self.migrate()
             self._reader = await self._connect()
         except sqlite3.Error as exc:
             await self.close()
             raise _translate(exc, "opening the database") from exc
+        except BaseException:
+            await self.close()
+            raise
 
     async def migrate(self) -> list[int]:
         """Apply missing schema migrations; return the versions applied."""
         conn = self._require_writer()
+        try:
+            return await self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "migrating the schema") from exc
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> list[int]:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"

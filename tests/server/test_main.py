@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from server.config import ServerConfig
 from shared.errors import InvalidInput
-from tests.support import REPO, SERVER_CMD, ServerProcess
+from tests.support import REPO, SERVER_CMD, ServerProcess, free_port
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,11 +59,52 @@ class TestMigrate:
         with sqlite3.connect(tmp_path / "m.db") as db:
             assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
 
+    def test_reports_what_it_applied(self, tmp_path: Path) -> None:
+        """On a new store migrate lists the versions it applied; on a current one it names the version."""
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+        first = run("migrate", "--storage", url)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == "applied migrations: 1"
+        second = run("migrate", "--storage", url)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip() == "schema is up to date (version 1)"
+
+    def test_init_migrates_on_its_own(self, tmp_path: Path) -> None:
+        """init leaves the schema current, so a later migrate has nothing to apply."""
+        assert run("init", "--data", str(tmp_path), "--json").returncode == 0
+        out = run("migrate", "--data", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "schema is up to date (version 1)"
+
     def test_unsupported_storage_url_is_a_clear_error(self, tmp_path: Path) -> None:
         """An unknown storage scheme fails with one line naming the scheme."""
         out = run("migrate", "--storage", "mysql://x")
         assert out.returncode == 1
         assert "mysql" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+class TestServe:
+    def test_port_in_use_is_one_line(self, tmp_path: Path) -> None:
+        """serve on a port another process holds exits 1 with one line naming the address, no traceback."""
+        assert run("init", "--data", str(tmp_path), "--json").returncode == 0
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            out = run("serve", "--data", str(tmp_path), "--host", "127.0.0.1", "--port", str(port))
+        assert out.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+    def test_uninitialized_store_is_refused(self, tmp_path: Path) -> None:
+        """serve on a data dir init never ran on exits 1 and says to run init, instead of serving nothing."""
+        data = tmp_path / "never-initialized"
+        out = run("serve", "--data", str(data), "--port", str(free_port()))
+        assert out.returncode == 1
+        assert f"no tenant in the store at {data}" in out.stderr
+        assert f"run 'llm-config-server init --data {data}' first" in out.stderr
         assert "Traceback" not in out.stderr
 
 

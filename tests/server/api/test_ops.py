@@ -43,7 +43,7 @@ class TestHealth:
 
 @pytest.fixture(scope="module")
 def traffic(server: ServerProcess) -> ServerProcess:
-    """Some requests with known outcomes: two 201, one 200, one 404, one 400, one 401."""
+    """Some requests with known outcomes: two 201, one 200, one 404, one 400, one 401, one PROPFIND."""
     http: Http = server.admin
     ok(http.put(cfg("metrics-ns/secret-part", "k1"), {"value": {"a": 1}}), 201)
     ok(http.put(cfg("metrics-ns/secret-part", "k2"), {"value": {"a": 1}}), 201)
@@ -51,6 +51,7 @@ def traffic(server: ServerProcess) -> ServerProcess:
     problem(http.get(cfg("metrics-ns/secret-part", "absent")), 404)
     problem(http.put(cfg("metrics-ns/secret-part", "k1"), raw=b"{"), 400)
     problem(server.http("lcm_bogus").get("/v1/configs"), 401)
+    assert http.request("PROPFIND", "/health/live").status == 405
     return server
 
 
@@ -81,17 +82,32 @@ class TestMetrics:
         assert find(samples(traffic), "llmcm_http_requests_total", route="/v1/configs", status="401")
 
     def test_latency_histogram(self, traffic: ServerProcess) -> None:
-        """llmcm_http_request_duration_seconds is a histogram with buckets, count and sum per route."""
+        """llmcm_http_request_duration_seconds has buckets, count and sum per method, route and status."""
         all_samples = samples(traffic)
-        buckets = find(
-            all_samples, "llmcm_http_request_duration_seconds_bucket", route=CONFIG_ROUTE, method="PUT"
-        )
+        labels = {"route": CONFIG_ROUTE, "method": "PUT", "status": "201"}
+        buckets = find(all_samples, "llmcm_http_request_duration_seconds_bucket", **labels)
         assert buckets and {"le"} <= set(buckets[0].labels)
-        assert next(s for s in buckets if s.labels["le"] == "+Inf").value >= 3
-        assert find(
-            all_samples, "llmcm_http_request_duration_seconds_count", route=CONFIG_ROUTE, method="PUT"
-        )
-        assert find(all_samples, "llmcm_http_request_duration_seconds_sum", route=CONFIG_ROUTE, method="PUT")
+        assert next(s for s in buckets if s.labels["le"] == "+Inf").value >= 2
+        assert find(all_samples, "llmcm_http_request_duration_seconds_count", **labels)
+        assert find(all_samples, "llmcm_http_request_duration_seconds_sum", **labels)
+
+    def test_latency_histogram_split_by_status(self, traffic: ServerProcess) -> None:
+        """A failed request's latency is kept apart from the successes on the same route."""
+        all_samples = samples(traffic)
+        name = "llmcm_http_request_duration_seconds_count"
+        put_400 = find(all_samples, name, route=CONFIG_ROUTE, method="PUT", status="400")
+        get_404 = find(all_samples, name, route=CONFIG_ROUTE, method="GET", status="404")
+        assert len(put_400) == 1 and put_400[0].value >= 1
+        assert len(get_404) == 1 and get_404[0].value >= 1
+        histogram = [s for s in all_samples if s.name.startswith("llmcm_http_request_duration_seconds")]
+        assert histogram and all("status" in s.labels for s in histogram)
+
+    def test_unknown_method_counted_as_other(self, traffic: ServerProcess) -> None:
+        """A method outside GET HEAD POST PUT PATCH DELETE OPTIONS is labelled OTHER, never by its name."""
+        all_samples = samples(traffic)
+        assert find(all_samples, "llmcm_http_requests_total", method="OTHER", status="405")
+        assert find(all_samples, "llmcm_http_request_duration_seconds_count", method="OTHER", status="405")
+        assert not [s for s in all_samples if s.labels.get("method") == "PROPFIND"]
 
     def test_route_label_is_template(self, traffic: ServerProcess) -> None:
         """No label carries a raw path, so names never leak into metrics and cardinality stays bounded."""
