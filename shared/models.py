@@ -23,7 +23,7 @@ KEY_RE = re.compile(r"[a-z0-9_-]+", re.ASCII)
 NAMESPACE_MAX = 500
 KEY_MAX = 255
 # Path segments with a meaning of their own under /v1/configs/{namespace}/{key}/…
-RESERVED_KEYS = frozenset({"history", "diff", "rollback"})
+RESERVED_KEYS = frozenset({"history", "diff", "rollback", "versions", "revoke"})
 
 
 class Environment(StrEnum):
@@ -193,6 +193,62 @@ class ConfigVersion:
         if with_patch:
             out["patch"] = self.patch
         return out
+
+
+class SecretStatus(StrEnum):
+    ACTIVE = "active"  # the current version
+    GRACE = "grace"  # replaced, still valid until valid_until
+    DEPRECATED = "deprecated"  # replaced and past its grace period: no longer served
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    """One sealed version of a secret; never carries the plaintext."""
+
+    namespace: str
+    key: str
+    version: int
+    revision: int
+    status: SecretStatus
+    format: int
+    kek_id: str
+    kek_version: int
+    wrapped_dek: str
+    ciphertext: str
+    created_at: str
+    author: str
+    message: str
+    valid_until: str | None = None
+    expires_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Metadata only: the sealed value and wrapped key stay in the store."""
+        return {
+            "namespace": self.namespace,
+            "key": self.key,
+            "version": self.version,
+            "revision": self.revision,
+            "status": self.status.value,
+            "kek_id": self.kek_id,
+            "kek_version": self.kek_version,
+            "created_at": self.created_at,
+            "author": self.author,
+            "message": self.message,
+            "valid_until": self.valid_until,
+            "expires_at": self.expires_at,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KekRecord:
+    tenant_id: str
+    version: int
+    sealed: str
+    created_at: str
+    encryptions: int
 
 
 @dataclass(frozen=True, slots=True)

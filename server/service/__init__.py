@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.keys import KeyProvider
 from server.service.audit import AuditService
 from server.service.configs import ConfigService
 from server.service.core import Clock, Core, Ctx, utc_now
 from server.service.schemas import SchemaService
+from server.service.secrets import SecretService
 from server.service.tenants import TenantService
 from server.storage import Storage
 
@@ -21,9 +23,17 @@ class Services:
     schemas: SchemaService
     configs: ConfigService
     audit: AuditService
+    secrets: SecretService
 
     @classmethod
-    def build(cls, storage: Storage, *, clock: Clock = utc_now, max_value_bytes: int = 1 << 20) -> Services:
+    def build(
+        cls,
+        storage: Storage,
+        *,
+        clock: Clock = utc_now,
+        max_value_bytes: int = 1 << 20,
+        keys: KeyProvider | None = None,
+    ) -> Services:
         core = Core(storage, clock=clock)
         schemas = SchemaService(core)
         return cls(
@@ -32,4 +42,5 @@ class Services:
             schemas=schemas,
             configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes),
             audit=AuditService(core),
+            secrets=SecretService(core, keys),
         )

@@ -22,6 +22,8 @@ from shared.models import Environment
 class Action(StrEnum):
     CONFIG_READ = "config:read"
     CONFIG_WRITE = "config:write"
+    SECRET_READ = "secrets:read"  # plaintext
+    SECRET_WRITE = "secrets:write"
     SCHEMA_READ = "schema:read"
     SCHEMA_WRITE = "schema:write"
     AUDIT_READ = "audit:read"
@@ -34,18 +36,22 @@ class Action(StrEnum):
 ROLES = ("global-admin", "tenant-admin", "operator", "developer", "service-account", "pii-authorized")
 ALL_ENVS = frozenset(Environment)
 _CONFIG_ACTIONS = {Action.CONFIG_READ, Action.CONFIG_WRITE}
+_SECRET_ACTIONS = {Action.SECRET_READ, Action.SECRET_WRITE}
+_NAMESPACED = _CONFIG_ACTIONS | _SECRET_ACTIONS  # bounded by a token's namespace scope
 # what a token limited to namespaces may do at all (its scope bounds only these)
-_SCOPED_ACTIONS = {Action.CONFIG_READ, Action.CONFIG_WRITE, Action.SCHEMA_READ}
+_SCOPED_ACTIONS = _NAMESPACED | {Action.SCHEMA_READ}
 
 # role -> action -> environments it may act on (None: the action has no environment)
 GRANTS: dict[str, dict[Action, frozenset[Environment] | None]] = {
-    "global-admin": {a: (ALL_ENVS if a in _CONFIG_ACTIONS else None) for a in Action},
+    "global-admin": {a: (ALL_ENVS if a in _NAMESPACED else None) for a in Action},
     "tenant-admin": {
-        a: (ALL_ENVS if a in _CONFIG_ACTIONS else None) for a in Action if a is not Action.TENANT_MANAGE
+        a: (ALL_ENVS if a in _NAMESPACED else None) for a in Action if a is not Action.TENANT_MANAGE
     },
     "operator": {
         Action.CONFIG_READ: ALL_ENVS,
         Action.CONFIG_WRITE: ALL_ENVS,
+        Action.SECRET_READ: ALL_ENVS,
+        Action.SECRET_WRITE: ALL_ENVS,
         Action.SCHEMA_READ: None,
         Action.AUDIT_READ: None,
         Action.SETTINGS_READ: None,
@@ -53,9 +59,11 @@ GRANTS: dict[str, dict[Action, frozenset[Environment] | None]] = {
     "developer": {
         Action.CONFIG_READ: frozenset({Environment.GLOBAL, Environment.DEVELOPMENT, Environment.STAGING}),
         Action.CONFIG_WRITE: frozenset({Environment.DEVELOPMENT}),
+        Action.SECRET_READ: frozenset({Environment.GLOBAL, Environment.DEVELOPMENT, Environment.STAGING}),
+        Action.SECRET_WRITE: frozenset({Environment.DEVELOPMENT}),
         Action.SCHEMA_READ: None,
     },
-    "service-account": {Action.CONFIG_READ: ALL_ENVS},
+    "service-account": {Action.CONFIG_READ: ALL_ENVS, Action.SECRET_READ: ALL_ENVS},
     "pii-authorized": {},
 }
 
@@ -168,9 +176,9 @@ def decide(
         return Decision(
             False,
             "deny:namespace-scope",
-            f"a token limited to namespaces may only read and write configs, not {action.value}",
+            f"a token limited to namespaces may only read and write configs and secrets, not {action.value}",
         )
-    if principal.namespaces and request.namespace is not None and action in _CONFIG_ACTIONS:
+    if principal.namespaces and request.namespace is not None and action in _NAMESPACED:
         if not namespace_in_scope(request.namespace, principal.namespaces):
             return Decision(
                 False,

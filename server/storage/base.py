@@ -21,8 +21,10 @@ from shared.models import (
     ConfigRef,
     ConfigVersion,
     Environment,
+    KekRecord,
     SchemaBinding,
     SchemaRecord,
+    SecretVersion,
     Tenant,
     TokenRecord,
 )
@@ -76,6 +78,25 @@ class WriteTx(Protocol):
     async def insert_binding(self, tenant_id: str, binding: SchemaBinding) -> None: ...
 
     async def delete_binding(self, tenant_id: str, binding_id: str) -> bool: ...
+
+    # keys and secrets
+    async def keks(self, tenant_id: str) -> list[KekRecord]:
+        """The tenant's KEK versions, oldest first."""
+        ...
+
+    async def insert_kek(self, kek: KekRecord) -> None: ...
+
+    async def count_encryption(self, tenant_id: str, version: int) -> int:
+        """Add one to the encryptions made with a KEK version; return the new count."""
+        ...
+
+    async def latest_secret(self, tenant_id: str, namespace: str, key: str) -> SecretVersion | None: ...
+
+    async def insert_secret(self, tenant_id: str, secret: SecretVersion) -> None: ...
+
+    async def set_secret_status(
+        self, tenant_id: str, namespace: str, key: str, version: int, status: str, valid_until: str | None
+    ) -> None: ...
 
 
 class Storage(Protocol):
@@ -143,6 +164,17 @@ class Storage(Protocol):
     async def get_schema(self, tenant_id: str, name: str) -> SchemaRecord | None: ...
 
     async def list_bindings(self, tenant_id: str) -> list[SchemaBinding]: ...
+
+    # keys and secrets
+    async def keks(self, tenant_id: str) -> list[KekRecord]: ...
+
+    async def secret_versions(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
+        """Versions newest first."""
+        ...
+
+    async def list_secrets(self, tenant_id: str) -> list[SecretVersion]:
+        """The newest version of every secret of the tenant."""
+        ...
 
     # audit
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:

@@ -84,3 +84,41 @@ SQLITE_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         ),
     ),
 ]
+
+SQLITE_MIGRATIONS.append(
+    (
+        2,
+        (
+            # per-tenant key-encryption keys of the local key provider, sealed by the master key
+            """CREATE TABLE keks (
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                version INTEGER NOT NULL,
+                sealed TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                encryptions INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (tenant_id, version)
+            )""",
+            """CREATE TABLE secret_versions (
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                namespace TEXT NOT NULL,
+                key TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                revision INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                format INTEGER NOT NULL,
+                kek_id TEXT NOT NULL,
+                kek_version INTEGER NOT NULL,
+                wrapped_dek TEXT NOT NULL,
+                ciphertext TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                author TEXT NOT NULL,
+                message TEXT NOT NULL,
+                valid_until TEXT,
+                expires_at TEXT,
+                metadata TEXT NOT NULL,
+                PRIMARY KEY (tenant_id, namespace, key, version)
+            )""",
+            "CREATE UNIQUE INDEX secret_versions_revision ON secret_versions(tenant_id, revision)",
+        ),
+    )
+)

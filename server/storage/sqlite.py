@@ -30,8 +30,11 @@ from shared.models import (
     ConfigRef,
     ConfigVersion,
     Environment,
+    KekRecord,
     SchemaBinding,
     SchemaRecord,
+    SecretStatus,
+    SecretVersion,
     Tenant,
     TokenRecord,
 )
@@ -94,6 +97,33 @@ def _audit(row: tuple[Any, ...]) -> AuditRecord:
         metadata=json.loads(row[9]),
         prev_hash=row[10],
         hash=row[11],
+    )
+
+
+_SECRET_COLS = (
+    "namespace, key, version, revision, status, format, kek_id, kek_version, wrapped_dek, ciphertext, "
+    "created_at, author, message, valid_until, expires_at, metadata"
+)
+
+
+def _secret(row: tuple[Any, ...]) -> SecretVersion:
+    return SecretVersion(
+        namespace=row[0],
+        key=row[1],
+        version=row[2],
+        revision=row[3],
+        status=SecretStatus(row[4]),
+        format=row[5],
+        kek_id=row[6],
+        kek_version=row[7],
+        wrapped_dek=row[8],
+        ciphertext=row[9],
+        created_at=row[10],
+        author=row[11],
+        message=row[12],
+        valid_until=row[13],
+        expires_at=row[14],
+        metadata=json.loads(row[15]),
     )
 
 
@@ -281,6 +311,77 @@ class SQLiteWriteTx:
             "DELETE FROM schema_bindings WHERE tenant_id = ? AND id = ?", (tenant_id, binding_id)
         )
         return changed > 0
+
+    # -- keys and secrets -------------------------------------------------------------------
+
+    async def keks(self, tenant_id: str) -> list[KekRecord]:
+        try:
+            async with self._conn.execute(
+                "SELECT tenant_id, version, sealed, created_at, encryptions FROM keks "
+                "WHERE tenant_id = ? ORDER BY version",
+                (tenant_id,),
+            ) as cur:
+                return [KekRecord(*r) for r in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading keys") from exc
+
+    async def insert_kek(self, kek: KekRecord) -> None:
+        await self._exec(
+            "INSERT INTO keks (tenant_id, version, sealed, created_at, encryptions) VALUES (?, ?, ?, ?, ?)",
+            (kek.tenant_id, kek.version, kek.sealed, kek.created_at, kek.encryptions),
+        )
+
+    async def count_encryption(self, tenant_id: str, version: int) -> int:
+        row = await self._one(
+            "UPDATE keks SET encryptions = encryptions + 1 WHERE tenant_id = ? AND version = ? "
+            "RETURNING encryptions",
+            (tenant_id, version),
+        )
+        if row is None:
+            raise StorageError(f"no key version {version} for this tenant")
+        return int(row[0])
+
+    async def latest_secret(self, tenant_id: str, namespace: str, key: str) -> SecretVersion | None:
+        row = await self._one(
+            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND namespace = ? AND key = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (tenant_id, namespace, key),
+        )
+        return _secret(row) if row else None
+
+    async def insert_secret(self, tenant_id: str, s: SecretVersion) -> None:
+        await self._exec(
+            f"INSERT INTO secret_versions (tenant_id, {_SECRET_COLS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                tenant_id,
+                s.namespace,
+                s.key,
+                s.version,
+                s.revision,
+                s.status.value,
+                s.format,
+                s.kek_id,
+                s.kek_version,
+                s.wrapped_dek,
+                s.ciphertext,
+                s.created_at,
+                s.author,
+                s.message,
+                s.valid_until,
+                s.expires_at,
+                _dumps(s.metadata),
+            ),
+        )
+
+    async def set_secret_status(
+        self, tenant_id: str, namespace: str, key: str, version: int, status: str, valid_until: str | None
+    ) -> None:
+        await self._exec(
+            "UPDATE secret_versions SET status = ?, valid_until = ? WHERE tenant_id = ? AND namespace = ? "
+            "AND key = ? AND version = ?",
+            (status, valid_until, tenant_id, namespace, key, version),
+        )
 
 
 class SQLiteStorage:
@@ -547,6 +648,31 @@ class SQLiteStorage:
             (tenant_id,),
         )
         return [SchemaBinding(*r) for r in rows]
+
+    async def keks(self, tenant_id: str) -> list[KekRecord]:
+        rows = await self._all(
+            "SELECT tenant_id, version, sealed, created_at, encryptions FROM keks WHERE tenant_id = ? "
+            "ORDER BY version",
+            (tenant_id,),
+        )
+        return [KekRecord(*r) for r in rows]
+
+    async def secret_versions(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
+        rows = await self._all(
+            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND namespace = ? AND key = ? "
+            "ORDER BY version DESC",
+            (tenant_id, namespace, key),
+        )
+        return [_secret(r) for r in rows]
+
+    async def list_secrets(self, tenant_id: str) -> list[SecretVersion]:
+        rows = await self._all(
+            f"SELECT {_SECRET_COLS} FROM secret_versions v WHERE tenant_id = ? AND version = (SELECT "
+            "MAX(version) FROM secret_versions w WHERE w.tenant_id = v.tenant_id AND w.namespace = "
+            "v.namespace AND w.key = v.key) ORDER BY namespace, key",
+            (tenant_id,),
+        )
+        return [_secret(r) for r in rows]
 
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._all(

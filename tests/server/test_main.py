@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from server.config import ServerConfig
+from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import InvalidInput
 from tests.support import REPO, SERVER_CMD, ServerProcess, free_port
+
+VERSIONS = [v for v, _ in SQLITE_MIGRATIONS]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,24 +60,24 @@ class TestMigrate:
             out = run("migrate", "--storage", url)
             assert out.returncode == 0, out.stderr
         with sqlite3.connect(tmp_path / "m.db") as db:
-            assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+            assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(v,) for v in VERSIONS]
 
     def test_reports_what_it_applied(self, tmp_path: Path) -> None:
         """On a new store migrate lists the versions it applied; on a current one it names the version."""
         url = f"sqlite:///{tmp_path / 'm.db'}"
         first = run("migrate", "--storage", url)
         assert first.returncode == 0, first.stderr
-        assert first.stdout.strip() == "applied migrations: 1"
+        assert first.stdout.strip() == f"applied migrations: {', '.join(map(str, VERSIONS))}"
         second = run("migrate", "--storage", url)
         assert second.returncode == 0, second.stderr
-        assert second.stdout.strip() == "schema is up to date (version 1)"
+        assert second.stdout.strip() == f"schema is up to date (version {VERSIONS[-1]})"
 
     def test_init_migrates_on_its_own(self, tmp_path: Path) -> None:
         """init leaves the schema current, so a later migrate has nothing to apply."""
         assert run("init", "--data", str(tmp_path), "--json").returncode == 0
         out = run("migrate", "--data", str(tmp_path))
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "schema is up to date (version 1)"
+        assert out.stdout.strip() == f"schema is up to date (version {VERSIONS[-1]})"
 
     def test_unsupported_storage_url_is_a_clear_error(self, tmp_path: Path) -> None:
         """An unknown storage scheme fails with one line naming the scheme."""

@@ -10,6 +10,7 @@ import aiosqlite
 import pytest
 
 from server.storage import SQLiteStorage
+from server.storage.migrations import SQLITE_MIGRATIONS
 
 
 async def _pragma(conn: aiosqlite.Connection | None, name: str) -> Any:
@@ -51,7 +52,7 @@ class TestSQLiteStorage:
                 "SELECT name FROM sqlite_master WHERE name = 'tenants'"
             ) as cur:
                 assert await cur.fetchall() == []
-            assert await store.migrate() == [1]
+            assert await store.migrate() == [v for v, _ in SQLITE_MIGRATIONS]
             assert await store.migrate() == []
             assert await store.list_tenants() == []
         finally:

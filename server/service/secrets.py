@@ -1,0 +1,268 @@
+"""Secrets: versioned values under envelope encryption, served only to those allowed.
+
+Each version is sealed with its own data key (AES-256-GCM); the data key is
+wrapped by the tenant's KEK through the ``KeyProvider``. Both seals bind the
+tenant, namespace, key and version as AAD, so a ciphertext or wrapped key moved
+to any other row fails to open. The plaintext exists only in memory while a put
+seals it or a permitted get returns it; every plaintext read is audited, and so
+is every failure to open a stored value. Metadata reads never touch plaintext.
+
+A new value becomes the active version; the one it replaces stays valid for the
+grace period given (then it is deprecated and no longer served).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from server.keys import KeyProvider
+from server.service import policy
+from server.service.core import Core, Ctx, iso
+from server.service.policy import Action
+from shared.crypto import (
+    FORMAT_VERSION,
+    DecryptionFailed,
+    WrappedKey,
+    aad_for,
+    b64,
+    new_key,
+    open_sealed,
+    seal,
+    unb64,
+)
+from shared.errors import InvalidInput, NotFound, Unavailable
+from shared.models import Environment, SecretStatus, SecretVersion, validate_key, validate_namespace
+
+MAX_SECRET_BYTES = 64 * 1024
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def _aad(purpose: str, tenant_id: str, namespace: str, key: str, version: int) -> bytes:
+    return aad_for(purpose=purpose, tenant=tenant_id, namespace=namespace, key=key, version=version)
+
+
+def _seconds(value: Any, name: str, maximum: int) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise InvalidInput(f"{name} must be a whole number of seconds from 0 to {maximum}")
+    return value
+
+
+class SecretService:
+    def __init__(self, core: Core, keys: KeyProvider | None) -> None:
+        self.core = core
+        self.keys = keys
+
+    def _provider(self) -> KeyProvider:
+        if self.keys is None:
+            raise Unavailable("no key provider is configured on this server; secrets are unavailable")
+        return self.keys
+
+    async def _authorize(self, ctx: Ctx, action: Action, env: Environment, namespace: str, key: str) -> None:
+        request = policy.Request(action, env, namespace)
+        await self.core.authorize(ctx, request, f"secret/{namespace}/{key}")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        ctx: Ctx,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        env: Environment = Environment.GLOBAL,
+        message: str = "",
+        grace_period: Any = None,
+        expires_in: Any = None,
+    ) -> SecretVersion:
+        """Seal ``value`` as the new active version; the previous one enters its grace period."""
+        validate_namespace(namespace)
+        validate_key(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput("'value' must be a non-empty string")
+        plaintext = value.encode()
+        if len(plaintext) > MAX_SECRET_BYTES:
+            raise InvalidInput(f"the secret is {len(plaintext)} bytes; the limit is {MAX_SECRET_BYTES}")
+        grace = _seconds(grace_period, "grace_period", MAX_GRACE_SECONDS) or 0
+        expires = _seconds(expires_in, "expires_in", 10 * 365 * 24 * 3600)
+        provider = self._provider()
+        await self._authorize(ctx, Action.SECRET_WRITE, env, namespace, key)
+        tenant_id = ctx.principal.tenant_id
+        now = self.core.clock()
+        async with self.core.storage.write(tenant_id) as tx:
+            latest = await tx.latest_secret(tenant_id, namespace, key)
+            version = (latest.version if latest else 0) + 1
+            dek = new_key()
+            sealed = seal(dek, plaintext, _aad("secret", tenant_id, namespace, key, version))
+            wrapped = await provider.wrap(tx, tenant_id, dek, _aad("dek", tenant_id, namespace, key, version))
+            record = SecretVersion(
+                namespace=namespace,
+                key=key,
+                version=version,
+                revision=await tx.next_revision(),
+                status=SecretStatus.ACTIVE,
+                format=FORMAT_VERSION,
+                kek_id=wrapped.kek_id,
+                kek_version=wrapped.kek_version,
+                wrapped_dek=wrapped.blob,
+                ciphertext=b64(sealed),
+                created_at=iso(now),
+                author=ctx.principal.name,
+                message=message[:2000],
+                expires_at=iso(now + timedelta(seconds=expires)) if expires else None,
+            )
+            await tx.insert_secret(tenant_id, record)
+            if latest is not None and latest.status is SecretStatus.ACTIVE:
+                status = SecretStatus.GRACE if grace else SecretStatus.DEPRECATED
+                until = iso(now + timedelta(seconds=grace)) if grace else None
+                await tx.set_secret_status(tenant_id, namespace, key, latest.version, status.value, until)
+            await self.core.audit_in(
+                tx,
+                self.core.draft(
+                    ctx,
+                    "secret:put",
+                    f"secret/{namespace}/{key}",
+                    "ok",
+                    {"version": version, "revision": record.revision, "kek_version": wrapped.kek_version},
+                ),
+            )
+        return record
+
+    async def revoke(
+        self,
+        ctx: Ctx,
+        namespace: str,
+        key: str,
+        *,
+        env: Environment = Environment.GLOBAL,
+        version: Any = None,
+    ) -> list[SecretVersion]:
+        """Revoke one version, or all of them; revoked versions are never served again."""
+        validate_namespace(namespace)
+        validate_key(key)
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise InvalidInput("'version' must be a positive integer")
+        await self._authorize(ctx, Action.SECRET_WRITE, env, namespace, key)
+        tenant_id = ctx.principal.tenant_id
+        versions = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        targets = [v for v in versions if version is None or v.version == version]
+        if not targets:
+            raise NotFound(f"secret {namespace}/{key}{f' version {version}' if version else ''} not found")
+        async with self.core.storage.write(tenant_id) as tx:
+            for target in targets:
+                await tx.set_secret_status(tenant_id, namespace, key, target.version, "revoked", None)
+            await tx.next_revision()
+            await self.core.audit_in(
+                tx,
+                self.core.draft(
+                    ctx,
+                    "secret:revoke",
+                    f"secret/{namespace}/{key}",
+                    "ok",
+                    {"versions": [t.version for t in targets]},
+                ),
+            )
+        return await self.core.storage.secret_versions(tenant_id, namespace, key)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _servable(self, record: SecretVersion, now: datetime) -> str | None:
+        """Why ``record`` can't be served now, or None if it can."""
+        stamp = iso(now)
+        if record.status is SecretStatus.REVOKED:
+            return "revoked"
+        if record.status is SecretStatus.DEPRECATED or (
+            record.status is SecretStatus.GRACE
+            and record.valid_until is not None
+            and record.valid_until <= stamp
+        ):
+            return "deprecated (replaced, past its grace period)"
+        if record.expires_at is not None and record.expires_at <= stamp:
+            return "expired"
+        return None
+
+    async def get(
+        self,
+        ctx: Ctx,
+        namespace: str,
+        key: str,
+        *,
+        env: Environment = Environment.GLOBAL,
+        version: int | None = None,
+    ) -> tuple[str, SecretVersion]:
+        """The plaintext of the active version (or a given one still valid); audited."""
+        validate_namespace(namespace)
+        validate_key(key)
+        provider = self._provider()
+        await self._authorize(ctx, Action.SECRET_READ, env, namespace, key)
+        tenant_id = ctx.principal.tenant_id
+        resource = f"secret/{namespace}/{key}"
+        versions = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        if version is None:
+            record = next((v for v in versions if v.status is SecretStatus.ACTIVE), None)
+        else:
+            record = next((v for v in versions if v.version == version), None)
+        if record is None:
+            what = f" version {version}" if version is not None else ""
+            raise NotFound(f"secret {namespace}/{key}{what} not found (or no active version)")
+        refusal = self._servable(record, self.core.clock())
+        if refusal is not None:
+            raise NotFound(f"secret {namespace}/{key} version {record.version} is {refusal}")
+        try:
+            dek = await provider.unwrap(
+                tenant_id,
+                WrappedKey(record.kek_id, record.kek_version, record.wrapped_dek),
+                _aad("dek", tenant_id, namespace, key, record.version),
+            )
+            plaintext = open_sealed(
+                dek,
+                unb64(record.ciphertext, "secret ciphertext"),
+                _aad("secret", tenant_id, namespace, key, record.version),
+                f"secret {namespace}/{key} version {record.version}",
+            )
+        except DecryptionFailed as exc:
+            await self.core.audit(
+                tenant_id,
+                self.core.draft(
+                    ctx,
+                    "secret:read",
+                    resource,
+                    "tamper_detected",
+                    {"version": record.version, "error": exc.detail},
+                ),
+            )
+            raise
+        await self.core.audit(
+            tenant_id, self.core.draft(ctx, "secret:read", resource, "ok", {"version": record.version})
+        )
+        return plaintext.decode(), record
+
+    async def versions(
+        self, ctx: Ctx, namespace: str, key: str, *, env: Environment = Environment.GLOBAL
+    ) -> list[SecretVersion]:
+        validate_namespace(namespace)
+        validate_key(key)
+        await self._authorize(ctx, Action.SECRET_READ, env, namespace, key)
+        found = await self.core.storage.secret_versions(ctx.principal.tenant_id, namespace, key)
+        if not found:
+            raise NotFound(f"secret {namespace}/{key} not found")
+        return found
+
+    async def list(
+        self, ctx: Ctx, *, env: Environment = Environment.GLOBAL, prefix: str | None = None
+    ) -> list[SecretVersion]:
+        """The newest version of each secret the caller may read, metadata only."""
+        settings = await self.core.settings(ctx.principal.tenant_id)
+        out = []
+        for record in await self.core.storage.list_secrets(ctx.principal.tenant_id):
+            if prefix and not (
+                record.namespace == prefix or record.namespace.startswith(prefix.rstrip("/") + "/")
+            ):
+                continue
+            request = policy.Request(Action.SECRET_READ, env, record.namespace)
+            if self.core.decide(ctx.principal, request, settings).allowed:
+                out.append(record)
+        return out

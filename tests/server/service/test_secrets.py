@@ -1,0 +1,218 @@
+"""SecretService over a real SQLite file and the local key provider."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.keys import LocalKeyProvider
+from server.service import Ctx, Services
+from server.storage import SQLiteStorage
+from shared.crypto import DecryptionFailed, new_key
+from shared.errors import NotFound, PermissionDenied
+from shared.models import Environment
+from tests.server.service.conftest import FakeClock, token_ctx
+
+PLAIN = "sk-ant-PLANTED-SECRET-VALUE-0123456789"
+
+
+@pytest.fixture
+async def secret_services(tmp_path: Path, clock: FakeClock) -> AsyncIterator[tuple[Services, Ctx, Path]]:
+    db = tmp_path / "s.db"
+    async with SQLiteStorage(db) as store:
+        keys = LocalKeyProvider(store, new_key(), max_encryptions=3)
+        services = Services.build(store, clock=clock, keys=keys)
+        _, token = await services.tenants.bootstrap("acme")
+        ctx = Ctx(await services.tenants.authenticate(token, "t"), "t")
+        yield services, ctx, db
+
+
+def rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def tamper(db: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql, params)
+
+
+class TestRoundTrip:
+    async def test_put_then_get(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """A stored secret comes back as the same plaintext, with its version."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        value, record = await services.secrets.get(ctx, "api-keys", "anthropic")
+        assert (value, record.version) == (PLAIN, 1)
+
+    async def test_plaintext_never_reaches_the_database_files(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Neither the database nor its WAL contains the plaintext, the audit log neither."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.get(ctx, "api-keys", "anthropic")
+        for path in db.parent.iterdir():
+            assert PLAIN.encode() not in path.read_bytes(), path.name
+        assert PLAIN not in str(rows(db, "SELECT * FROM audit_log"))
+
+    async def test_metadata_reads_carry_no_value(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """list and versions return metadata only."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        listed = [r.to_dict() for r in await services.secrets.list(ctx)]
+        versions = [r.to_dict() for r in await services.secrets.versions(ctx, "api-keys", "anthropic")]
+        for body in (listed, versions):
+            assert PLAIN not in str(body)
+            assert "ciphertext" not in str(body)
+
+    async def test_every_plaintext_read_is_audited(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """Two reads leave two secret:read records."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        for _ in range(2):
+            await services.secrets.get(ctx, "api-keys", "anthropic")
+        assert rows(db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secret:read' AND result = 'ok'") == [
+            (2,)
+        ]
+
+
+class TestRotationAndGrace:
+    async def test_replaced_version_is_served_during_grace_only(
+        self, secret_services: tuple[Services, Ctx, Path], clock: FakeClock
+    ) -> None:
+        """After a rotation with a 60 s grace, version 1 opens until the grace ends."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        await services.secrets.put(ctx, "api-keys", "openai", "new", grace_period=60)
+        assert (await services.secrets.get(ctx, "api-keys", "openai"))[0] == "new"
+        assert (await services.secrets.get(ctx, "api-keys", "openai", version=1))[0] == "old"
+        clock.advance(61)
+        with pytest.raises(NotFound, match="deprecated"):
+            await services.secrets.get(ctx, "api-keys", "openai", version=1)
+
+    async def test_revoked_and_expired_are_not_served(
+        self, secret_services: tuple[Services, Ctx, Path], clock: FakeClock
+    ) -> None:
+        """A revoked secret and one past its expiry are refused."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "a", "revoked", "x")
+        await services.secrets.revoke(ctx, "a", "revoked")
+        with pytest.raises(NotFound, match="revoked"):
+            await services.secrets.get(ctx, "a", "revoked", version=1)
+        await services.secrets.put(ctx, "a", "short", "y", expires_in=10)
+        clock.advance(11)
+        with pytest.raises(NotFound, match="expired"):
+            await services.secrets.get(ctx, "a", "short")
+
+    async def test_kek_rotates_after_its_encryption_budget(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """With a budget of 3, the 4th secret uses KEK v2, and all of them still open."""
+        services, ctx, db = secret_services
+        for i in range(5):
+            await services.secrets.put(ctx, "budget", f"k{i}", f"v{i}")
+        assert [r[0] for r in rows(db, "SELECT kek_version FROM secret_versions ORDER BY version, key")] == [
+            1,
+            1,
+            1,
+            2,
+            2,
+        ]
+        for i in range(5):
+            assert (await services.secrets.get(ctx, "budget", f"k{i}"))[0] == f"v{i}"
+
+
+class TestTampering:
+    async def _two(self, services: Services, ctx: Ctx) -> None:
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.put(ctx, "api-keys", "openai", "sk-openai-other")
+
+    @pytest.mark.parametrize(
+        ("what", "sql"),
+        [
+            (
+                "flipped bit",
+                "UPDATE secret_versions SET ciphertext = "
+                "substr(ciphertext, 1, 20) || CASE substr(ciphertext, 21, 1) WHEN 'A' THEN 'B' ELSE 'A' END "
+                "|| substr(ciphertext, 22) WHERE key = 'anthropic'",
+            ),
+            (
+                "truncated",
+                "UPDATE secret_versions SET ciphertext = substr(ciphertext, 1, 24) WHERE key = 'anthropic'",
+            ),
+            (
+                "swapped nonce",
+                "UPDATE secret_versions SET ciphertext = (SELECT substr(ciphertext, 1, 16) FROM "
+                "secret_versions WHERE key = 'openai') || substr(ciphertext, 17) WHERE key = 'anthropic'",
+            ),
+            (
+                "other secret's data key",
+                "UPDATE secret_versions SET wrapped_dek = (SELECT wrapped_dek FROM "
+                "secret_versions WHERE key = 'openai') WHERE key = 'anthropic'",
+            ),
+            (
+                "row moved to another key",
+                "UPDATE secret_versions SET (ciphertext, wrapped_dek, kek_version) = "
+                "(SELECT ciphertext, wrapped_dek, kek_version FROM secret_versions WHERE key = 'openai') "
+                "WHERE key = 'anthropic'",
+            ),
+        ],
+    )
+    async def test_tampered_rows_never_open(
+        self, secret_services: tuple[Services, Ctx, Path], what: str, sql: str
+    ) -> None:
+        """Each tampering fails with DecryptionFailed and leaves a tamper_detected audit record."""
+        services, ctx, db = secret_services
+        await self._two(services, ctx)
+        tamper(db, sql)
+        with pytest.raises(DecryptionFailed) as err:
+            await services.secrets.get(ctx, "api-keys", "anthropic")
+        assert PLAIN not in err.value.detail
+        assert "sk-openai-other" not in err.value.detail
+        assert rows(db, "SELECT COUNT(*) FROM audit_log WHERE result = 'tamper_detected'") == [(1,)]
+
+    async def test_wrong_master_key_opens_nothing(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """A server started with another master key can't open the tenant's KEK."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        other = Services.build(services.core.storage, keys=LocalKeyProvider(services.core.storage, new_key()))
+        with pytest.raises(DecryptionFailed, match="master key"):
+            await other.secrets.get(ctx, "api-keys", "anthropic")
+
+
+class TestPolicy:
+    async def test_developer_reads_only_outside_production(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Developers read secrets for development, never for production; denials are audited."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        dev = await token_ctx(services, ctx, "developer")
+        value, _ = await services.secrets.get(dev, "api-keys", "anthropic", env=Environment.DEVELOPMENT)
+        assert value == PLAIN
+        with pytest.raises(PermissionDenied):
+            await services.secrets.get(dev, "api-keys", "anthropic", env=Environment.PRODUCTION)
+        assert rows(
+            db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secrets:read' AND result = 'denied'"
+        ) == [(1,)]
+
+    async def test_service_account_limited_to_its_namespaces(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """A service account reads its namespace's secrets, and nothing else, not even in a list."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "gateway", "anthropic", PLAIN)
+        await services.secrets.put(ctx, "billing", "stripe", "sk-stripe")
+        svc = await token_ctx(services, ctx, "service-account", namespaces=["gateway"])
+        assert (await services.secrets.get(svc, "gateway", "anthropic", env=Environment.PRODUCTION))[
+            0
+        ] == PLAIN
+        with pytest.raises(PermissionDenied):
+            await services.secrets.get(svc, "billing", "stripe", env=Environment.PRODUCTION)
+        assert [r.namespace for r in await services.secrets.list(svc, env=Environment.PRODUCTION)] == [
+            "gateway"
+        ]
