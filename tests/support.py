@@ -3,7 +3,9 @@
 ``ServerProcess`` runs ``init`` and ``serve`` as subprocesses on a free
 loopback port with a temporary SQLite store, exactly as a user would.
 ``Http`` is a tiny client on ``http.client`` that sends the path exactly as
-given (no normalisation), which the path-traversal tests need.
+given (no normalisation), which the path-traversal tests need; given an
+``ssl.SSLContext`` it speaks HTTPS (and presents the context's client
+certificate, if it has one).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,12 +51,13 @@ class Reply:
 class Http:
     """A small HTTP client bound to one server and (optionally) one token."""
 
-    def __init__(self, port: int, token: str | None = None) -> None:
+    def __init__(self, port: int, token: str | None = None, *, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
         self.token = token
+        self.tls = tls
 
     def as_token(self, token: str | None) -> Http:
-        return Http(self.port, token)
+        return Http(self.port, token, tls=self.tls)
 
     def request(
         self,
@@ -65,7 +69,11 @@ class Http:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
     ) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        )
         try:
             hdrs = dict(headers or {})
             if self.token is not None:
@@ -93,10 +101,22 @@ class Http:
 
 
 class ServerProcess:
-    """``llm-config-server init`` + ``serve`` on a temp dir; stop() is safe twice."""
+    """``llm-config-server init`` + ``serve`` on a temp dir; stop() is safe twice.
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    ``tls``: the client context to reach a server started with ``--tls-cert`` (its CA
+    trusted); readiness is then checked over HTTPS and ``http()`` speaks HTTPS.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         self.port = port or free_port()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,7 +151,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
             try:
-                if Http(self.port).get("/health/ready", timeout=2).status == 200:
+                if Http(self.port, tls=self.tls).get("/health/ready", timeout=2).status == 200:
                     return
             except OSError:
                 pass
@@ -156,9 +176,9 @@ class ServerProcess:
             proc.kill()
             proc.wait(timeout=10)
 
-    def http(self, token: str | None = None) -> Http:
-        return Http(self.port, token)
+    def http(self, token: str | None = None, *, tls: ssl.SSLContext | None = None) -> Http:
+        return Http(self.port, token, tls=tls or self.tls)
 
     @property
     def admin(self) -> Http:
-        return Http(self.port, self.token)
+        return Http(self.port, self.token, tls=self.tls)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from server.service import policy
 from server.service.core import Core, Ctx, iso, validate_settings
@@ -45,6 +46,25 @@ def principal_of(token: TokenRecord) -> Principal:
         name=token.name,
         roles=frozenset(token.roles),
         namespaces=token.namespaces,
+    )
+
+
+def external_principal(
+    actor_id: str, tenant_id: str, name: str, roles: tuple[str, ...], namespaces: tuple[str, ...]
+) -> Principal:
+    """A principal from a client certificate or a JWT: no stored token behind it.
+
+    Decisions and reads are memoized per token id on the promise that a token id's roles
+    never change; an IdP may issue the same subject other roles tomorrow, so the id carries
+    a digest of everything the decisions depend on.
+    """
+    facts = json.dumps([tenant_id, sorted(roles), list(namespaces)]).encode()
+    return Principal(
+        token_id=f"{actor_id}#{hashlib.sha256(facts).hexdigest()[:12]}",
+        tenant_id=tenant_id,
+        name=name,
+        roles=frozenset(roles),
+        namespaces=namespaces,
     )
 
 
@@ -182,6 +202,81 @@ class TenantService:
                 metadata=metadata,
             ),
         )
+
+    # -- principals from client certificates and JWTs --------------------------------------
+
+    async def refuse(
+        self, detail: str, *, actor_id: str = "", digest: str | None = None, request_id: str
+    ) -> NoReturn:
+        """Audit a failed certificate or JWT authentication (rate-limited) and raise 401.
+
+        ``detail`` goes to the client and the audit record: it must never quote a token.
+        """
+        await self._audit_auth_failure(SYSTEM_CHAIN, actor_id, detail, digest, request_id)
+        raise Unauthenticated(detail)
+
+    async def _tenant_of(self, ref: str) -> Tenant | None:
+        """An active tenant by id, else by name (a certificate or IdP may name either)."""
+        tenant = await self.core.storage.get_tenant(ref)
+        if tenant is None:
+            tenant = await self.core.storage.get_tenant_by_name(ref)
+        return tenant if tenant is not None and tenant.status == "active" else None
+
+    async def authenticate_workload(
+        self, tenant_ref: str, service: str, spiffe_id: str, request_id: str
+    ) -> Principal:
+        """The service account a verified SPIFFE ID names: role service-account, reading only
+        namespace ``service`` and those under it. Token id ``spiffe:<service>#<digest>``."""
+        actor_id = f"spiffe:{service}"
+        tenant = await self._tenant_of(tenant_ref)
+        if tenant is None:
+            await self.refuse(
+                f"the SPIFFE ID names tenant {tenant_ref[:100]!r}, which does not exist",
+                actor_id=actor_id,
+                request_id=request_id,
+            )
+        return external_principal(actor_id, tenant.id, spiffe_id, ("service-account",), (service,))
+
+    async def authenticate_claims(
+        self,
+        *,
+        subject: str,
+        tenant_ref: str,
+        roles: tuple[str, ...],
+        namespaces: tuple[str, ...] | None,
+        allow_global_admin: bool,
+        digest: str,
+        request_id: str,
+    ) -> Principal:
+        """The principal a verified JWT describes; its roles must be roles of this server.
+
+        ``global-admin`` is refused unless ``allow_global_admin``; ``service-account`` needs
+        namespaces. Token id ``jwt:<sub>#<digest of tenant, roles, namespaces>``.
+        """
+        actor_id = f"jwt:{subject}"
+        unknown = [r for r in roles if r not in ROLES]
+        detail = ""
+        if unknown:
+            detail = f"JWT role {unknown[0][:60]!r} is not a role of this server; known: {', '.join(ROLES)}"
+        elif "global-admin" in roles and not allow_global_admin:
+            detail = (
+                "JWT grants global-admin, which this server does not accept from JWTs "
+                "(see --jwt-allow-global-admin)"
+            )
+        elif "service-account" in roles and not namespaces:
+            detail = "JWT grants service-account but names no namespaces: a service account must be scoped"
+        scopes: tuple[str, ...] = ()
+        if not detail and namespaces:
+            try:
+                scopes = _check_scopes(list(namespaces))
+            except InvalidInput as exc:
+                detail = f"JWT namespaces claim: {exc.detail}"
+        tenant = None if detail else await self._tenant_of(tenant_ref)
+        if not detail and tenant is None:
+            detail = f"JWT names tenant {tenant_ref[:100]!r}, which does not exist (unknown tenant)"
+        if detail or tenant is None:
+            await self.refuse(detail, actor_id=actor_id, digest=digest, request_id=request_id)
+        return external_principal(actor_id, tenant.id, subject, tuple(dict.fromkeys(roles)), scopes)
 
     # -- tenants ---------------------------------------------------------------------------
 
