@@ -1,21 +1,38 @@
 """Server configuration: one frozen object, built once from defaults, a TOML file,
 ``LLMCM_*`` environment variables and command-line flags (later wins).
 
-Nothing else in the server reads ``os.environ``.
+Nothing else in the server reads ``os.environ``. Settings that only make sense
+together (a TLS certificate and its key, a client CA and a SPIFFE trust domain,
+a JWKS and the issuer and audience its tokens must name) are checked together
+when the object is built, so a half-configured server never starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
 
 DEFAULT_DATA_DIR = "./llmcm-data"
+# SPIFFE trust domain names: lowercase letters, digits, '.', '-' and '_' (SPIFFE ID standard, 2.1)
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +47,70 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "json"
     shutdown_timeout: float = 10.0
+    # transport security (README: Transport security); "" means off
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # request client certificates (mTLS) verified against this CA
+    spiffe_trust_domain: str = ""
+    # JWT bearer tokens from an OIDC provider; "" means off
+    jwt_jwks: str = ""  # a file path or an https:// URL
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_tenant_claim: str = "tenant"
+    jwt_roles_claim: str = "roles"
+    jwt_namespaces_claim: str = "namespaces"
+    jwt_allow_global_admin: bool = False
+    jwt_leeway: float = 30.0
+    # envelope encryption, local key provider: the master key inline (base64; env
+    # LLMCM_MASTER_KEY) wins over the file (default <data dir>/master.key, mode 0600)
+    master_key: str = field(default="", repr=False)
+    master_key_file: str = ""
+    kek_max_encryptions: int = 2**30
+
+    @property
+    def master_key_path(self) -> Path:
+        return Path(self.master_key_file) if self.master_key_file else self.data_dir / "master.key"
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInput("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidInput(
+                "--tls-client-ca needs --tls-cert and --tls-key: client certificates ride on TLS"
+            )
+        if bool(self.tls_client_ca) != bool(self.spiffe_trust_domain):
+            raise InvalidInput(
+                "--tls-client-ca and --spiffe-trust-domain go together: a client certificate "
+                "authenticates by the SPIFFE ID of that trust domain"
+            )
+        if self.spiffe_trust_domain and not _TRUST_DOMAIN.match(self.spiffe_trust_domain):
+            raise InvalidInput(
+                "spiffe_trust_domain must be a trust domain name such as 'example.org' "
+                "(lowercase letters, digits, '.', '-', '_'), without 'spiffe://'"
+            )
+        jwt_parts = {
+            "--jwt-jwks": self.jwt_jwks,
+            "--jwt-issuer": self.jwt_issuer,
+            "--jwt-audience": self.jwt_audience,
+        }
+        if any(jwt_parts.values()) and not all(jwt_parts.values()):
+            missing = ", ".join(flag for flag, value in jwt_parts.items() if not value)
+            raise InvalidInput(
+                f"JWT authentication needs --jwt-jwks, --jwt-issuer and --jwt-audience; missing {missing}"
+            )
+        for name in ("jwt_tenant_claim", "jwt_roles_claim", "jwt_namespaces_claim"):
+            if not _CLAIM_NAME.match(getattr(self, name)):
+                raise InvalidInput(f"{name} must be a claim name (letters, digits, '_', '.', ':', '/', '-')")
+        if not 0 <= self.jwt_leeway <= 300:
+            raise InvalidInput("jwt_leeway must be between 0 and 300 seconds")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def jwt(self) -> bool:
+        return bool(self.jwt_jwks)
 
     @property
     def storage_url(self) -> str:
@@ -72,14 +153,16 @@ class ServerConfig:
         try:
             if name == "data_dir":
                 return Path(str(value))
-            if name in ("port", "grpc_port", "max_body_bytes"):
+            if name in ("port", "grpc_port", "max_body_bytes", "kek_max_encryptions"):
                 number = int(value)
                 if number < 0:
                     raise ValueError
                 return number
-            if name == "shutdown_timeout":
+            if name in ("shutdown_timeout", "jwt_leeway"):
                 return float(value)
-        except (TypeError, ValueError):
+            if name == "jwt_allow_global_admin":
+                return value if isinstance(value, bool) else _BOOLS[str(value).strip().lower()]
+        except (TypeError, ValueError, KeyError):
             raise InvalidInput(f"setting {name} has an invalid value {str(value)[:40]!r}") from None
         if name == "log_level" and str(value).lower() not in ("debug", "info", "warning", "error"):
             raise InvalidInput("log_level must be debug, info, warning or error")

@@ -1,6 +1,7 @@
 """``llm-config-server``: init a store, apply migrations, serve the APIs.
 
-serve: load config → open storage → build services → start the HTTP site →
+serve: load config → TLS context and JWT key set (a bad file is one clear line) →
+open storage → build services → start the HTTP(S) site →
 wait for SIGTERM/SIGINT (the handler only sets an event) → stop accepting,
 drain in-flight requests within ``shutdown_timeout`` → close storage.
 """
@@ -8,6 +9,7 @@ drain in-flight requests within ``shutdown_timeout`` → close storage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +20,9 @@ import structlog
 from aiohttp import web
 
 from server.api.app import create_app
+from server.auth import Authenticator, JwtSettings, JwtVerifier, server_context
 from server.config import ServerConfig
+from server.keys.local import LocalKeyProvider, create_master_key_file, load_master_key
 from server.service import Services
 from server.storage import open_storage
 from server.storage.migrations import SQLITE_MIGRATIONS
@@ -72,6 +76,8 @@ def init(
                     f"the store at {store.url_for_logs} is already initialized; "
                     "use the token you were given, or create another with `llm-config token create`"
                 )
+            if not config.master_key:
+                create_master_key_file(config.master_key_path)
             tenant, token = await Services.build(store).tenants.bootstrap(tenant_name)
             return tenant.id, token
 
@@ -123,6 +129,30 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
 @click.option("--grpc-port", type=int, help="gRPC port (default 50051; gRPC arrives with the watch API).")
 @click.option("--redis", help="Redis URL for scale-out (not yet supported). Env LLMCM_REDIS.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--tls-cert", help="PEM certificate (chain) to serve HTTPS with. Env LLMCM_TLS_CERT.")
+@click.option("--tls-key", help="PEM private key of --tls-cert. Env LLMCM_TLS_KEY.")
+@click.option(
+    "--tls-client-ca",
+    help="PEM CA bundle: request client certificates (mTLS) and verify them against it. "
+    "Env LLMCM_TLS_CLIENT_CA.",
+)
+@click.option(
+    "--spiffe-trust-domain",
+    help="Trust domain of client SPIFFE IDs, e.g. example.org. Env LLMCM_SPIFFE_TRUST_DOMAIN.",
+)
+@click.option("--jwt-jwks", help="JWKS file or https:// URL of the OIDC provider. Env LLMCM_JWT_JWKS.")
+@click.option("--jwt-issuer", help="Required 'iss' of JWTs. Env LLMCM_JWT_ISSUER.")
+@click.option("--jwt-audience", help="Required 'aud' of JWTs. Env LLMCM_JWT_AUDIENCE.")
+@click.option("--jwt-tenant-claim", help="Claim holding the tenant id or name (default: tenant).")
+@click.option("--jwt-roles-claim", help="Claim holding the list of roles (default: roles).")
+@click.option("--jwt-namespaces-claim", help="Claim holding namespace scopes (default: namespaces).")
+@click.option(
+    "--jwt-allow-global-admin",
+    is_flag=True,
+    default=None,
+    help="Accept the global-admin role from JWTs (refused by default). Env LLMCM_JWT_ALLOW_GLOBAL_ADMIN.",
+)
+@click.option("--jwt-leeway", type=float, help="Clock skew allowed for exp/nbf, seconds (default 30).")
 @click.pass_context
 def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Serve the REST API until SIGTERM or SIGINT."""
@@ -148,16 +178,38 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_storage(config.storage_url) as store:
+    # the same context will serve gRPC when it lands
+    ssl_context = (
+        server_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls else None
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_storage(config.storage_url))
         if not await store.list_tenants():
             where, init_cmd = _init_hint(config)
             raise click.ClickException(f"no tenant in the store at {where}; run '{init_cmd}' first")
-        services = Services.build(store, max_value_bytes=config.max_body_bytes)
-        app = create_app(services, max_body_bytes=config.max_body_bytes)
+        if not config.master_key:
+            create_master_key_file(config.master_key_path)  # no-op when it exists
+        keys = LocalKeyProvider(
+            store,
+            load_master_key(config.master_key, config.master_key_path),
+            max_encryptions=config.kek_max_encryptions,
+        )
+        services = Services.build(store, max_value_bytes=config.max_body_bytes, keys=keys)
+        verifier: JwtVerifier | None = None
+        if config.jwt:
+            verifier = await stack.enter_async_context(JwtVerifier(_jwt_settings(config)))
+            await verifier.start()
+        authenticator = Authenticator(
+            services.tenants,
+            jwt=verifier,
+            trust_domain=config.spiffe_trust_domain,
+            allow_jwt_global_admin=config.jwt_allow_global_admin,
+        )
+        app = create_app(services, max_body_bytes=config.max_body_bytes, authenticator=authenticator)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+            site = web.TCPSite(runner, config.host, config.port, backlog=1024, ssl_context=ssl_context)
             try:
                 await site.start()
             except OSError as exc:
@@ -166,12 +218,32 @@ async def _serve(config: ServerConfig) -> None:
                 raise click.ClickException(
                     f"cannot listen on {config.host}:{config.port}: {reason}"
                 ) from None
-            log.info("server_started", host=config.host, port=config.port, storage=store.url_for_logs)
+            log.info(
+                "server_started",
+                host=config.host,
+                port=config.port,
+                storage=store.url_for_logs,
+                tls=config.tls,
+                mtls_trust_domain=config.spiffe_trust_domain or None,
+                jwt_issuer=config.jwt_issuer or None,
+            )
             await stop.wait()
             log.info("server_stopping", drain_seconds=config.shutdown_timeout)
         finally:
             await runner.cleanup()
     log.info("server_stopped")
+
+
+def _jwt_settings(config: ServerConfig) -> JwtSettings:
+    return JwtSettings(
+        jwks=config.jwt_jwks,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        tenant_claim=config.jwt_tenant_claim,
+        roles_claim=config.jwt_roles_claim,
+        namespaces_claim=config.jwt_namespaces_claim,
+        leeway=config.jwt_leeway,
+    )
 
 
 def main() -> None:

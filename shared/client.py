@@ -53,6 +53,10 @@ def _config_path(namespace: str, key: str, suffix: str = "") -> str:
     return f"/v1/configs/{validate_namespace(namespace)}/{validate_key(key)}{suffix}"
 
 
+def _secret_path(namespace: str, key: str) -> str:
+    return f"/v1/secrets/{validate_namespace(namespace)}/{validate_key(key)}"
+
+
 def _env(env: str | None) -> dict[str, str]:
     return {} if env is None else {"env": parse_environment(env).value}
 
@@ -167,6 +171,42 @@ class RestClient:
                 f"server {self.base_url} answered {method} {path} with something not an object"
             )
         return answer
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    async def put_secret(
+        self,
+        namespace: str,
+        key: str,
+        value: str,
+        *,
+        env: str | None = None,
+        message: str | None = None,
+        grace_period: int | None = None,
+        expires_in: int | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"value": value}
+        for name, given in (("message", message), ("grace_period", grace_period), ("expires_in", expires_in)):
+            if given is not None:
+                body[name] = given
+        return await self._obj("PUT", _secret_path(namespace, key), params=_env(env), body=body)
+
+    async def get_secret(
+        self, namespace: str, key: str, *, env: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        return await self._obj("GET", _secret_path(namespace, key), params={**_env(env), "version": version})
+
+    async def secret_versions(self, namespace: str, key: str, *, env: str | None = None) -> dict[str, Any]:
+        return await self._obj("GET", _secret_path(namespace, key) + "/versions", params=_env(env))
+
+    async def revoke_secret(
+        self, namespace: str, key: str, *, env: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        body = {"version": version} if version is not None else None
+        return await self._obj("POST", _secret_path(namespace, key) + "/revoke", params=_env(env), body=body)
+
+    async def list_secrets(self, *, prefix: str | None = None, env: str | None = None) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/secrets", params={"prefix": prefix, **_env(env)})
 
     # -- identity --------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The aiohttp application: one middleware, the routes, health, metrics, OpenAPI.
 
-A single middleware does per-request work in one place (request id, bearer
-authentication for /v1, error mapping to problem+json, Prometheus metrics) so
-the read path pays for one layer, not five. Handlers only call the service
-layer; they never see storage or SQL.
+A single middleware does per-request work in one place (request id,
+authentication for /v1 by ``server.auth.Authenticator``, error mapping to
+problem+json, Prometheus metrics) so the read path pays for one layer, not
+five. Handlers only call the service layer; they never see storage or SQL.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api import admin, configs
+from server.api import admin, configs, secrets
 from server.api.http import CTX_KEY, MAX_BODY, SERVICES, json_response
 from server.api.metrics import RequestMetrics
 from server.api.openapi import build_openapi
+from server.auth import Authenticator, peer_uri_sans
 from server.service import Ctx, Services
 from shared.errors import LLMConfigError, PayloadTooLarge
 
@@ -73,6 +74,7 @@ def _request_id(request: web.Request) -> str:
 
 METRICS: web.AppKey[RequestMetrics] = web.AppKey("metrics", RequestMetrics)
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 
 
 def _route_of(request: web.Request) -> str:
@@ -85,17 +87,16 @@ def _route_of(request: web.Request) -> str:
 async def core_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = _request_id(request)
-    services = request.app[SERVICES]
     status = 500
     try:
         # default deny: every matched route needs a token unless its handler is public;
         # deciding by the matched route (not by path text) can't be fooled by encodings
         match = request.match_info
         if match.http_exception is None and match.handler not in _PUBLIC_HANDLERS:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            raw = token.strip() if scheme.lower() == "bearer" else ""
-            principal = await services.tenants.authenticate(raw, request_id)
+            # an lcm_ token, a JWT, or (no Authorization header) a verified client certificate
+            principal = await request.app[AUTHENTICATOR].authenticate(
+                request.headers.get("Authorization"), lambda: peer_uri_sans(request.transport), request_id
+            )
             request[CTX_KEY] = Ctx(principal, request_id)
         response = await handler(request)
         status = response.status
@@ -161,9 +162,13 @@ async def openapi(request: web.Request) -> web.Response:
 _PUBLIC_HANDLERS: frozenset[Handler] = frozenset({live, ready, metrics, openapi})
 
 
-def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> web.Application:
+def create_app(
+    services: Services, *, max_body_bytes: int = 1 << 20, authenticator: Authenticator | None = None
+) -> web.Application:
+    """The REST application; ``authenticator`` defaults to lcm_ bearer tokens only."""
     app = web.Application(middlewares=[core_middleware], client_max_size=max_body_bytes)
     app[SERVICES] = services
+    app[AUTHENTICATOR] = authenticator or Authenticator(services.tenants)
     app[MAX_BODY] = max_body_bytes
     app[METRICS] = RequestMetrics()
     app.router.add_get("/health/live", live)
@@ -172,5 +177,6 @@ def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> web.Appl
     app.router.add_get("/v1/openapi.json", openapi)
     admin.add_routes(app)
     configs.add_routes(app)
+    secrets.add_routes(app)
     app[OPENAPI] = json.dumps(build_openapi()).encode()
     return app

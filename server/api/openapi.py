@@ -240,6 +240,64 @@ def _paths() -> dict[str, Any]:
                 },
             )
         },
+        "/v1/secrets": {
+            "get": _op(
+                "List secrets the caller may read (metadata only, never values)",
+                {
+                    "200": _json({"type": "object", "properties": {"items": {"type": "array"}}}),
+                    **_problems(400, *_AUTH),
+                },
+                params=[_param("prefix", "query", {"type": "string"}, "Namespace prefix"), _ENV],
+                tag="secrets",
+            )
+        },
+        "/v1/secrets/{namespace}/{key}": {
+            "get": _op(
+                "The plaintext of the active (or a given, still valid) version; audited; no-store",
+                {"200": _json(_ref("SecretValue")), **_problems(400, *_AUTH, 404)},
+                params=[_NS, _KEY, _ENV, _param("version", "query", _INT, "A version still valid")],
+                tag="secrets",
+            ),
+            "put": _op(
+                "Seal a new version; it becomes active, the previous one enters its grace period",
+                {
+                    "200": _json(_ref("SecretVersion")),
+                    "201": _json(_ref("SecretVersion"), "Created"),
+                    **_problems(400, *_AUTH, 413),
+                },
+                params=[_NS, _KEY, _ENV],
+                body={
+                    "type": "object",
+                    "required": ["value"],
+                    "properties": {
+                        "value": {"type": "string", "maxLength": 65536},
+                        "message": {"type": "string"},
+                        "grace_period": {"type": "integer", "minimum": 0, "description": "seconds"},
+                        "expires_in": {"type": "integer", "minimum": 0, "description": "seconds"},
+                    },
+                },
+                tag="secrets",
+            ),
+        },
+        "/v1/secrets/{namespace}/{key}/versions": {
+            "get": _op(
+                "Versions newest first, metadata only",
+                {
+                    "200": _json({"type": "object", "properties": {"versions": {"type": "array"}}}),
+                    **_problems(400, *_AUTH, 404),
+                },
+                params=[_NS, _KEY, _ENV],
+                tag="secrets",
+            )
+        },
+        "/v1/secrets/{namespace}/{key}/revoke": {
+            "post": _op(
+                "Revoke one version, or every version when no body is sent",
+                {"200": _json({"type": "object"}), **_problems(400, *_AUTH, 404)},
+                params=[_NS, _KEY, _ENV],
+                tag="secrets",
+            )
+        },
         "/v1/tenants": {
             "get": _op(
                 "List tenants (global-admin)",
@@ -477,6 +535,30 @@ def build_openapi() -> dict[str, Any]:
                     "allOf": [
                         _ref("ConfigVersion"),
                         {"type": "object", "properties": {"changed": {"type": "boolean"}}},
+                    ]
+                },
+                "SecretVersion": {
+                    "type": "object",
+                    "properties": {
+                        "namespace": {"type": "string"},
+                        "key": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "revision": {"type": "integer"},
+                        "status": {"type": "string", "enum": ["active", "grace", "deprecated", "revoked"]},
+                        "kek_id": {"type": "string"},
+                        "kek_version": {"type": "integer"},
+                        "created_at": {"type": "string"},
+                        "author": {"type": "string"},
+                        "message": {"type": "string"},
+                        "valid_until": {"type": ["string", "null"]},
+                        "expires_at": {"type": ["string", "null"]},
+                        "metadata": {"type": "object"},
+                    },
+                },
+                "SecretValue": {
+                    "allOf": [
+                        _ref("SecretVersion"),
+                        {"type": "object", "properties": {"value": {"type": "string"}}},
                     ]
                 },
                 "Principal": {

@@ -1,0 +1,112 @@
+"""REST handlers for /v1/secrets: put, get (plaintext), list, versions, revoke.
+
+A plaintext answer is marked ``Cache-Control: no-store``; every other answer
+carries metadata only. As with configs, the raw path is checked before it is
+decoded and names are validated, so encoded separators never get through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.api.http import body_int, body_str, ctx_of, json_body, json_response, query_int, services_of
+from shared.errors import InvalidInput
+from shared.models import parse_environment, validate_key, validate_namespace
+
+PREFIX = "/v1/secrets/"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def secret_path(request: web.Request, suffix: str | None = None) -> tuple[str, str]:
+    raw = request.raw_path.split("?", 1)[0]
+    tail = raw[len(PREFIX) :] if raw.startswith(PREFIX) else ""
+    if "%" in tail or "\\" in tail or "\x00" in tail:
+        raise InvalidInput("namespace and key may not contain percent-encoded characters, backslashes or NUL")
+    segments = tail.split("/")
+    if suffix is not None:
+        if segments[-1] != suffix:
+            raise InvalidInput(f"expected a path ending in /{suffix}")
+        segments = segments[:-1]
+    if len(segments) < 2:
+        raise InvalidInput("secret path must be /v1/secrets/{namespace}/{key}")
+    return validate_namespace("/".join(segments[:-1])), validate_key(segments[-1])
+
+
+def _version_dict(record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = record.to_dict()
+    return out
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    namespace, key = secret_path(request)
+    body = await json_body(request)
+    if "value" not in body:
+        raise InvalidInput('request body must carry "value": the secret as a string')
+    record = await services_of(request).secrets.put(
+        ctx_of(request),
+        namespace,
+        key,
+        body["value"],
+        env=parse_environment(request.query.get("env")),
+        message=body_str(body, "message"),
+        grace_period=body.get("grace_period"),
+        expires_in=body.get("expires_in"),
+    )
+    return json_response(_version_dict(record), 201 if record.version == 1 else 200)
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    namespace, key = secret_path(request)
+    value, record = await services_of(request).secrets.get(
+        ctx_of(request),
+        namespace,
+        key,
+        env=parse_environment(request.query.get("env")),
+        version=query_int(request, "version", minimum=1),
+    )
+    return json_response({**_version_dict(record), "value": value}, headers=_NO_STORE)
+
+
+async def secret_versions(request: web.Request) -> web.Response:
+    namespace, key = secret_path(request, "versions")
+    found = await services_of(request).secrets.versions(
+        ctx_of(request), namespace, key, env=parse_environment(request.query.get("env"))
+    )
+    return json_response({"versions": [_version_dict(v) for v in found]})
+
+
+async def revoke_secret(request: web.Request) -> web.Response:
+    namespace, key = secret_path(request, "revoke")
+    body = await json_body(request) if request.can_read_body else {}
+    found = await services_of(request).secrets.revoke(
+        ctx_of(request),
+        namespace,
+        key,
+        env=parse_environment(request.query.get("env")),
+        version=body_int(body, "version"),
+    )
+    return json_response({"versions": [_version_dict(v) for v in found]})
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    prefix = request.query.get("prefix") or None
+    if prefix is not None:
+        validate_namespace(prefix.rstrip("/"))
+    found = await services_of(request).secrets.list(
+        ctx_of(request), env=parse_environment(request.query.get("env")), prefix=prefix
+    )
+    return json_response({"items": [_version_dict(v) for v in found]})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    ns = "{namespace:[^?#]+}"
+    key = "{key:[^/?#]+}"
+    item_key = "{key:(?!(?:versions|revoke)$)[^/?#]+}"
+    r.add_get("/v1/secrets", list_secrets)
+    r.add_get(f"/v1/secrets/{ns}/{item_key}", get_secret, allow_head=False)
+    r.add_put(f"/v1/secrets/{ns}/{item_key}", put_secret)
+    r.add_get(f"/v1/secrets/{ns}/{key}/versions", secret_versions)
+    r.add_post(f"/v1/secrets/{ns}/{key}/revoke", revoke_secret)
