@@ -36,11 +36,12 @@ class Services:
     ) -> Services:
         core = Core(storage, clock=clock)
         schemas = SchemaService(core)
+        secrets = SecretService(core, keys)
         return cls(
             core=core,
             tenants=TenantService(core),
             schemas=schemas,
-            configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes),
+            configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets),
             audit=AuditService(core),
-            secrets=SecretService(core, keys),
+            secrets=secrets,
         )

@@ -23,8 +23,10 @@ from server.service import policy
 from server.service.core import Core, Ctx
 from server.service.policy import Action, Principal, namespace_in_scope
 from server.service.schemas import SchemaService, check_resolved
+from server.service.secret_refs import SecretRef, inject, parse_refs
+from server.service.secrets import SecretService
 from server.storage import WriteTx
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable
 from shared.merge import deep_merge
 from shared.models import (
     CLASSIFICATIONS,
@@ -48,10 +50,12 @@ class ReadResult:
     encoded: bytes
     classification: str | None
     etag: str = ""
+    refs: tuple[SecretRef, ...] = ()  # secret references still to inject (resolved reads)
 
     def __post_init__(self) -> None:
         # over the whole answer: a rollback to the same value is a new version, a new ETag
-        object.__setattr__(self, "etag", f'"{hashlib.sha256(self.encoded).hexdigest()[:32]}"')
+        if not self.etag:
+            object.__setattr__(self, "etag", f'"{hashlib.sha256(self.encoded).hexdigest()[:32]}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,15 @@ def _encode(body: dict[str, Any]) -> bytes:
 
 
 class ConfigService:
-    def __init__(self, core: Core, schemas: SchemaService, *, max_value_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        core: Core,
+        schemas: SchemaService,
+        *,
+        max_value_bytes: int = 1 << 20,
+        secrets: SecretService | None = None,
+    ) -> None:
+        self.secrets = secrets
         self.core = core
         self.schemas = schemas
         self.max_value_bytes = max_value_bytes
@@ -202,11 +214,47 @@ class ConfigService:
             await self.core.authorize(ctx, restricted, ref)
         if settings["audit_reads"]:
             await self._audit_read(ctx, settings, f"config/{ref}")
-        elif memo_key is not None and result.classification != "restricted":
+        if result.refs:
+            return await self._inject(ctx, ref, result)  # never memoized: each secret read is audited
+        if memo_key is not None and result.classification != "restricted" and not settings["audit_reads"]:
             if len(self._memo) >= _CACHE_MAX_PER_TENANT:
                 self._memo.clear()
             self._memo[(ctx.principal.token_id, memo_key)] = (start_generation, settings, result)
         return result
+
+    async def _inject(self, ctx: Ctx, ref: ConfigRef, result: ReadResult) -> ReadResult:
+        """The resolved value with each referenced secret's plaintext at its field_path.
+
+        All or nothing: a reference the caller may not read is a 403 naming it, a missing
+        secret a 404 naming it; a partial value is never returned.
+        """
+        if self.secrets is None:
+            raise Unavailable("this config references secrets, and secrets are unavailable on this server")
+        plaintexts = []
+        versions = []
+        for secret in result.refs:
+            try:
+                plaintext, record = await self.secrets.get(
+                    ctx, secret.namespace, secret.key, env=ref.environment
+                )
+            except PermissionDenied as exc:
+                raise PermissionDenied(
+                    f"config {ref.namespace}/{ref.key} references secret {secret.name}, which this token "
+                    f"may not read: {exc.detail}",
+                    rule=exc.extra.get("rule"),
+                    secret_ref=secret.name,
+                ) from None
+            except NotFound as exc:
+                raise NotFound(
+                    f"config {ref.namespace}/{ref.key} references secret {secret.name}: {exc.detail}",
+                    secret_ref=secret.name,
+                ) from None
+            plaintexts.append((secret, plaintext))
+            versions.append(f"{secret.name}@{record.version}")
+        body = {**result.body, "value": inject(result.body["value"], plaintexts)}
+        # the ETag follows versions, never the plaintext (an unsalted hash would confirm guesses)
+        tag = hashlib.sha256(f"{result.etag}|{'|'.join(versions)}".encode()).hexdigest()[:32]
+        return ReadResult(body, _encode(body), result.classification, etag=f'"{tag}"')
 
     async def _authorize_chain(
         self, ctx: Ctx, env: Environment, namespace: str | None, settings: dict[str, Any]
@@ -242,7 +290,8 @@ class ConfigService:
                 f"{ref.environment.value} chain ({names})"
             )
         body = self._resolved_body(ref, layers, explain)
-        return ReadResult(body, _encode(body), _strictest(*(_classification(v.metadata) for v in layers)))
+        cls = _strictest(*(_classification(v.metadata) for v in layers))
+        return ReadResult(body, _encode(body), cls, refs=tuple(parse_refs(body["value"])))
 
     @staticmethod
     def _resolved_body(ref: ConfigRef, layers: list[ConfigVersion], explain: bool) -> dict[str, Any]:
@@ -380,6 +429,7 @@ class ConfigService:
         size = len(canonical_json(value))
         if size > self.max_value_bytes:
             raise InvalidInput(f"'value' is {size} bytes; the limit is {self.max_value_bytes}")
+        parse_refs(value)  # a malformed secret reference is refused at write time
         return value
 
     async def put(

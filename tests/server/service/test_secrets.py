@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,8 @@ from server.keys import LocalKeyProvider
 from server.service import Ctx, Services
 from server.storage import SQLiteStorage
 from shared.crypto import DecryptionFailed, new_key
-from shared.errors import NotFound, PermissionDenied
-from shared.models import Environment
+from shared.errors import InvalidInput, NotFound, PermissionDenied
+from shared.models import ConfigRef, Environment
 from tests.server.service.conftest import FakeClock, token_ctx
 
 PLAIN = "sk-ant-PLANTED-SECRET-VALUE-0123456789"
@@ -216,3 +217,101 @@ class TestPolicy:
         assert [r.namespace for r in await services.secrets.list(svc, env=Environment.PRODUCTION)] == [
             "gateway"
         ]
+
+
+class TestSecretReferences:
+    ENDPOINT = {
+        "provider": "anthropic",
+        "model": "claude",
+        "auth": {"header": "x-api-key"},
+        "secrets": [{"field_path": "$.auth.api_key", "secret_ref": "api-keys/anthropic"}],
+    }
+
+    async def _setup(self, services: Services, ctx: Ctx) -> None:
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.configs.put(
+            ctx, ConfigRef.parse("llm-gateway/routing", "primary", "global"), self.ENDPOINT
+        )
+
+    async def test_resolved_read_injects_plaintext(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """A resolved read carries the secret at field_path; the stored config never does."""
+        services, ctx, db = secret_services
+        await self._setup(services, ctx)
+        prod = ConfigRef.parse("llm-gateway/routing", "primary", "production")
+        body = (await services.configs.get(ctx, prod, resolve=True, memo_key="m")).body
+        assert body["value"]["auth"] == {"header": "x-api-key", "api_key": PLAIN}
+        raw = (
+            await services.configs.get(ctx, ConfigRef.parse("llm-gateway/routing", "primary", "global"))
+        ).body
+        assert "api_key" not in raw["value"]["auth"]
+        assert PLAIN not in str(rows(db, "SELECT value FROM config_versions"))
+
+    async def test_each_injected_read_is_audited_and_never_memoized(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Two resolved reads are two audited secret reads; the memo holds nothing for them."""
+        services, ctx, db = secret_services
+        await self._setup(services, ctx)
+        prod = ConfigRef.parse("llm-gateway/routing", "primary", "production")
+        for _ in range(2):
+            await services.configs.get(ctx, prod, resolve=True, memo_key="m")
+        assert services.configs.memo_get(ctx.principal, "m") is None
+        assert rows(db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secret:read' AND result = 'ok'") == [
+            (2,)
+        ]
+
+    async def test_rotation_shows_on_the_next_read(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """After the secret rotates, the next resolved read carries the new value and a new ETag."""
+        services, ctx, _ = secret_services
+        await self._setup(services, ctx)
+        prod = ConfigRef.parse("llm-gateway/routing", "primary", "production")
+        before = await services.configs.get(ctx, prod, resolve=True)
+        await services.secrets.put(ctx, "api-keys", "anthropic", "rotated-value", grace_period=60)
+        after = await services.configs.get(ctx, prod, resolve=True)
+        assert after.body["value"]["auth"]["api_key"] == "rotated-value"
+        assert before.etag != after.etag
+        assert hashlib.sha256(b"rotated-value").hexdigest()[:32] not in after.etag
+
+    async def test_reader_without_secret_access_gets_403_naming_the_ref(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """A service account scoped to the config's namespace only is refused, naming the secret."""
+        services, ctx, _ = secret_services
+        await self._setup(services, ctx)
+        prod = ConfigRef.parse("llm-gateway/routing", "primary", "production")
+        narrow = await token_ctx(services, ctx, "service-account", namespaces=["llm-gateway"])
+        with pytest.raises(PermissionDenied, match="api-keys/anthropic") as err:
+            await services.configs.get(narrow, prod, resolve=True)
+        assert err.value.extra["secret_ref"] == "api-keys/anthropic"
+        wide = await token_ctx(services, ctx, "service-account", namespaces=["llm-gateway", "api-keys"])
+        body = (await services.configs.get(wide, prod, resolve=True)).body
+        assert body["value"]["auth"]["api_key"] == PLAIN
+
+    async def test_missing_secret_fails_whole_read(self, secret_services: tuple[Services, Ctx, Path]) -> None:
+        """A reference to a secret that doesn't exist is a 404 naming it, not a partial value."""
+        services, ctx, _ = secret_services
+        value = {
+            **self.ENDPOINT,
+            "secrets": [{"field_path": "$.auth.api_key", "secret_ref": "api-keys/none"}],
+        }
+        await services.configs.put(ctx, ConfigRef.parse("gw", "x", "global"), value)
+        with pytest.raises(NotFound, match="api-keys/none"):
+            await services.configs.get(ctx, ConfigRef.parse("gw", "x", "global"), resolve=True)
+
+    @pytest.mark.parametrize(
+        "secrets",
+        [
+            "api-keys/anthropic",
+            [{"field_path": "$.a", "secret_ref": "../etc/passwd"}],
+            [{"field_path": "a b", "secret_ref": "api-keys/anthropic"}],
+            [{"field_path": "$.secrets[0]", "secret_ref": "api-keys/anthropic"}],
+            [{"secret_ref": "api-keys/anthropic"}],
+        ],
+    )
+    async def test_malformed_references_are_refused_on_write(
+        self, secret_services: tuple[Services, Ctx, Path], secrets: object
+    ) -> None:
+        """Bad field paths or secret names are a 400 when the config is written."""
+        services, ctx, _ = secret_services
+        with pytest.raises(InvalidInput):
+            await services.configs.put(ctx, ConfigRef.parse("gw", "bad", "global"), {"secrets": secrets})
