@@ -298,6 +298,22 @@ def _paths() -> dict[str, Any]:
                 tag="secrets",
             )
         },
+        "/v1/keys/rotate": {
+            "post": _op(
+                "Add a key-encryption-key version; existing data keys are re-wrapped in the background",
+                {"200": _json(_ref("KeyStatus")), **_problems(*_AUTH, 404)},
+                params=[_param("tenant_id", "query", {"type": "string"}, "Another tenant (global-admin)")],
+                tag="keys",
+            )
+        },
+        "/v1/keys/status": {
+            "get": _op(
+                "KEK versions, what each wraps, and rewrap progress",
+                {"200": _json(_ref("KeyStatus")), **_problems(*_AUTH, 404)},
+                params=[_param("tenant_id", "query", {"type": "string"}, "Another tenant (global-admin)")],
+                tag="keys",
+            )
+        },
         "/v1/tenants": {
             "get": _op(
                 "List tenants (global-admin)",
@@ -553,6 +569,17 @@ def build_openapi() -> dict[str, Any]:
                         "valid_until": {"type": ["string", "null"]},
                         "expires_at": {"type": ["string", "null"]},
                         "metadata": {"type": "object"},
+                    },
+                },
+                "KeyStatus": {
+                    "type": "object",
+                    "properties": {
+                        "tenant_id": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "current_version": {"type": "integer"},
+                        "versions": {"type": "array"},
+                        "rewrap_pending": {"type": "integer"},
+                        "rewrap_done": {"type": "integer"},
                     },
                 },
                 "SecretValue": {

@@ -26,6 +26,14 @@ class KeyProvider(Protocol):
         """The data key; ``DecryptionFailed`` if the wrapped key was tampered with or moved."""
         ...
 
+    async def rewrap(self, tx: WriteTx, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> WrappedKey:
+        """The same data key wrapped by the current KEK version (the value stays sealed as it is)."""
+        ...
+
+    async def current_version(self, tenant_id: str) -> int:
+        """The KEK version new wraps use (0 before the first)."""
+        ...
+
     async def rotate(self, tx: WriteTx, tenant_id: str) -> int:
         """Add a KEK version; new wraps use it. Returns the new version."""
         ...

@@ -135,12 +135,23 @@ class LocalKeyProvider:
         blob = seal(kek, dek, aad)
         return WrappedKey(self.kek_id(tenant_id), current.version, b64(blob))
 
+    async def rewrap(self, tx: WriteTx, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> WrappedKey:
+        dek = await self.unwrap(tenant_id, wrapped, aad)
+        return await self.wrap(tx, tenant_id, dek, aad)
+
+    async def current_version(self, tenant_id: str) -> int:
+        versions = await self._storage.keks(tenant_id)
+        return versions[-1].version if versions else 0
+
     async def unwrap(self, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> bytes:
         if wrapped.kek_id != self.kek_id(tenant_id):
             raise DecryptionFailed("data key was wrapped for another tenant or provider")
-        versions = await self._storage.keks(tenant_id)
-        record = next((k for k in versions if k.version == wrapped.kek_version), None)
-        if record is None:
-            raise DecryptionFailed(f"key-encryption key v{wrapped.kek_version} does not exist")
         blob = unb64(wrapped.blob, "wrapped data key")
-        return open_sealed(self._unseal(record), blob, aad, "wrapped data key")
+        kek = self._keks.get((tenant_id, wrapped.kek_version))  # versions never change once made
+        if kek is None:
+            versions = await self._storage.keks(tenant_id)
+            record = next((k for k in versions if k.version == wrapped.kek_version), None)
+            if record is None:
+                raise DecryptionFailed(f"key-encryption key v{wrapped.kek_version} does not exist")
+            kek = self._unseal(record)
+        return open_sealed(kek, blob, aad, "wrapped data key")

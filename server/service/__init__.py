@@ -8,6 +8,7 @@ from server.keys import KeyProvider
 from server.service.audit import AuditService
 from server.service.configs import ConfigService
 from server.service.core import Clock, Core, Ctx, utc_now
+from server.service.keys import KeyService
 from server.service.schemas import SchemaService
 from server.service.secrets import SecretService
 from server.service.tenants import TenantService
@@ -24,6 +25,7 @@ class Services:
     configs: ConfigService
     audit: AuditService
     secrets: SecretService
+    keys: KeyService
 
     @classmethod
     def build(
@@ -44,4 +46,5 @@ class Services:
             configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets),
             audit=AuditService(core),
             secrets=secrets,
+            keys=KeyService(core, keys, secrets),
         )

@@ -31,6 +31,7 @@ class Action(StrEnum):
     SETTINGS_READ = "settings:read"
     SETTINGS_WRITE = "settings:write"
     TENANT_MANAGE = "tenant:manage"
+    KEY_MANAGE = "keys:manage"  # rotate key-encryption keys, see rewrap progress
 
 
 ROLES = ("global-admin", "tenant-admin", "operator", "developer", "service-account", "pii-authorized")

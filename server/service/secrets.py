@@ -38,7 +38,7 @@ MAX_SECRET_BYTES = 64 * 1024
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
-def _aad(purpose: str, tenant_id: str, namespace: str, key: str, version: int) -> bytes:
+def secret_aad(purpose: str, tenant_id: str, namespace: str, key: str, version: int) -> bytes:
     return aad_for(purpose=purpose, tenant=tenant_id, namespace=namespace, key=key, version=version)
 
 
@@ -54,6 +54,27 @@ class SecretService:
     def __init__(self, core: Core, keys: KeyProvider | None) -> None:
         self.core = core
         self.keys = keys
+        # tenant -> (namespace, key) -> versions newest first; dropped on any secret write in the tenant
+        self._versions: dict[str, dict[tuple[str, str], list[SecretVersion]]] = {}
+        self._generation: dict[str, int] = {}
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop cached version lists of a tenant (after any write to its secrets)."""
+        self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+        self._versions.pop(tenant_id, None)
+
+    async def _load(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
+        cached = self._versions.get(tenant_id, {}).get((namespace, key))
+        if cached is not None:
+            return cached
+        generation = self._generation.get(tenant_id, 0)
+        found = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        if self._generation.get(tenant_id, 0) == generation:  # no write raced the read
+            entries = self._versions.setdefault(tenant_id, {})
+            if len(entries) >= 10_000:
+                entries.clear()
+            entries[(namespace, key)] = found
+        return found
 
     def _provider(self) -> KeyProvider:
         if self.keys is None:
@@ -96,8 +117,10 @@ class SecretService:
             latest = await tx.latest_secret(tenant_id, namespace, key)
             version = (latest.version if latest else 0) + 1
             dek = new_key()
-            sealed = seal(dek, plaintext, _aad("secret", tenant_id, namespace, key, version))
-            wrapped = await provider.wrap(tx, tenant_id, dek, _aad("dek", tenant_id, namespace, key, version))
+            sealed = seal(dek, plaintext, secret_aad("secret", tenant_id, namespace, key, version))
+            wrapped = await provider.wrap(
+                tx, tenant_id, dek, secret_aad("dek", tenant_id, namespace, key, version)
+            )
             record = SecretVersion(
                 namespace=namespace,
                 key=key,
@@ -129,6 +152,7 @@ class SecretService:
                     {"version": version, "revision": record.revision, "kek_version": wrapped.kek_version},
                 ),
             )
+        self.forget(tenant_id)
         return record
 
     async def revoke(
@@ -165,6 +189,7 @@ class SecretService:
                     {"versions": [t.version for t in targets]},
                 ),
             )
+        self.forget(tenant_id)
         return await self.core.storage.secret_versions(tenant_id, namespace, key)
 
     # -- reads -----------------------------------------------------------------------------
@@ -200,7 +225,7 @@ class SecretService:
         await self._authorize(ctx, Action.SECRET_READ, env, namespace, key)
         tenant_id = ctx.principal.tenant_id
         resource = f"secret/{namespace}/{key}"
-        versions = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        versions = await self._load(tenant_id, namespace, key)
         if version is None:
             record = next((v for v in versions if v.status is SecretStatus.ACTIVE), None)
         else:
@@ -215,12 +240,12 @@ class SecretService:
             dek = await provider.unwrap(
                 tenant_id,
                 WrappedKey(record.kek_id, record.kek_version, record.wrapped_dek),
-                _aad("dek", tenant_id, namespace, key, record.version),
+                secret_aad("dek", tenant_id, namespace, key, record.version),
             )
             plaintext = open_sealed(
                 dek,
                 unb64(record.ciphertext, "secret ciphertext"),
-                _aad("secret", tenant_id, namespace, key, record.version),
+                secret_aad("secret", tenant_id, namespace, key, record.version),
                 f"secret {namespace}/{key} version {record.version}",
             )
         except DecryptionFailed as exc:

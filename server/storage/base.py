@@ -65,6 +65,10 @@ class WriteTx(Protocol):
 
     async def append_audit(self, draft: AuditDraft) -> AuditRecord: ...
 
+    async def append_audits(self, drafts: list[AuditDraft]) -> list[AuditRecord]:
+        """Append several records to the chain in order (one round trip where the store allows)."""
+        ...
+
     async def insert_tenant(self, tenant: Tenant) -> None: ...
 
     async def update_tenant_settings(self, tenant_id: str, settings: dict[str, Any]) -> None: ...
@@ -93,6 +97,12 @@ class WriteTx(Protocol):
     async def latest_secret(self, tenant_id: str, namespace: str, key: str) -> SecretVersion | None: ...
 
     async def insert_secret(self, tenant_id: str, secret: SecretVersion) -> None: ...
+
+    async def set_secret_wrapping(
+        self, tenant_id: str, secret: SecretVersion, kek_version: int, wrapped_dek: str
+    ) -> bool:
+        """Point a version at a re-wrapped data key, only if it is still on ``secret.kek_version``."""
+        ...
 
     async def set_secret_status(
         self, tenant_id: str, namespace: str, key: str, version: int, status: str, valid_until: str | None
@@ -175,6 +185,16 @@ class Storage(Protocol):
     async def list_secrets(self, tenant_id: str) -> list[SecretVersion]:
         """The newest version of every secret of the tenant."""
         ...
+
+    async def secrets_below_kek(self, tenant_id: str, kek_version: int, *, limit: int) -> list[SecretVersion]:
+        """Secret versions whose data key is wrapped by a KEK version older than ``kek_version``."""
+        ...
+
+    async def secret_kek_counts(self, tenant_id: str) -> dict[int, int]:
+        """How many secret versions each KEK version wraps."""
+        ...
+
+    async def tenants_with_secrets(self) -> list[str]: ...
 
     # audit
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:

@@ -209,40 +209,54 @@ class SQLiteWriteTx:
         )
 
     async def append_audit(self, draft: AuditDraft) -> AuditRecord:
+        return (await self.append_audits([draft]))[0]
+
+    async def append_audits(self, drafts: list[AuditDraft]) -> list[AuditRecord]:
         row = await self._one("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (self.chain,))
-        seq, prev_hash = (int(row[0]) + 1, row[1]) if row else (1, GENESIS_HASH)
-        fields: dict[str, Any] = {
-            "time": draft.time,
-            "tenant_id": draft.tenant_id,
-            "actor": draft.actor,
-            "action": draft.action,
-            "resource": draft.resource,
-            "result": draft.result,
-            "request_id": draft.request_id,
-            "metadata": draft.metadata,
-        }
-        digest = record_hash(prev_hash, seq, self.chain, fields)
+        seq, prev_hash = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        records = []
+        for draft in drafts:
+            seq += 1
+            fields: dict[str, Any] = {
+                "time": draft.time,
+                "tenant_id": draft.tenant_id,
+                "actor": draft.actor,
+                "action": draft.action,
+                "resource": draft.resource,
+                "result": draft.result,
+                "request_id": draft.request_id,
+                "metadata": draft.metadata,
+            }
+            digest = record_hash(prev_hash, seq, self.chain, fields)
+            records.append(AuditRecord(seq=seq, chain=self.chain, prev_hash=prev_hash, hash=digest, **fields))
+            prev_hash = digest
+        try:
+            await self._conn.executemany(
+                f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.seq,
+                        r.chain,
+                        r.time,
+                        r.tenant_id,
+                        r.actor,
+                        r.action,
+                        r.resource,
+                        r.result,
+                        r.request_id,
+                        _dumps(r.metadata),
+                        r.prev_hash,
+                        r.hash,
+                    )
+                    for r in records
+                ],
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, "writing the audit log") from exc
         await self._exec(
-            f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                seq,
-                self.chain,
-                draft.time,
-                draft.tenant_id,
-                draft.actor,
-                draft.action,
-                draft.resource,
-                draft.result,
-                draft.request_id,
-                _dumps(draft.metadata),
-                prev_hash,
-                digest,
-            ),
+            "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?", (seq, prev_hash, self.chain)
         )
-        await self._exec(
-            "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?", (seq, digest, self.chain)
-        )
-        return AuditRecord(seq=seq, chain=self.chain, prev_hash=prev_hash, hash=digest, **fields)
+        return records
 
     async def insert_tenant(self, tenant: Tenant) -> None:
         if await self._one("SELECT 1 FROM tenants WHERE name = ?", (tenant.name,)):
@@ -373,6 +387,24 @@ class SQLiteWriteTx:
                 _dumps(s.metadata),
             ),
         )
+
+    async def set_secret_wrapping(
+        self, tenant_id: str, secret: SecretVersion, kek_version: int, wrapped_dek: str
+    ) -> bool:
+        changed = await self._exec(
+            "UPDATE secret_versions SET kek_version = ?, wrapped_dek = ? WHERE tenant_id = ? "
+            "AND namespace = ? AND key = ? AND version = ? AND kek_version = ?",
+            (
+                kek_version,
+                wrapped_dek,
+                tenant_id,
+                secret.namespace,
+                secret.key,
+                secret.version,
+                secret.kek_version,
+            ),
+        )
+        return changed > 0
 
     async def set_secret_status(
         self, tenant_id: str, namespace: str, key: str, version: int, status: str, valid_until: str | None
@@ -673,6 +705,24 @@ class SQLiteStorage:
             (tenant_id,),
         )
         return [_secret(r) for r in rows]
+
+    async def secrets_below_kek(self, tenant_id: str, kek_version: int, *, limit: int) -> list[SecretVersion]:
+        rows = await self._all(
+            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND kek_version < ? "
+            "ORDER BY revision LIMIT ?",
+            (tenant_id, kek_version, limit),
+        )
+        return [_secret(r) for r in rows]
+
+    async def secret_kek_counts(self, tenant_id: str) -> dict[int, int]:
+        rows = await self._all(
+            "SELECT kek_version, COUNT(*) FROM secret_versions WHERE tenant_id = ? GROUP BY kek_version",
+            (tenant_id,),
+        )
+        return {int(v): int(n) for v, n in rows}
+
+    async def tenants_with_secrets(self) -> list[str]:
+        return [str(r[0]) for r in await self._all("SELECT DISTINCT tenant_id FROM secret_versions")]
 
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._all(

@@ -1,0 +1,149 @@
+"""Key-encryption-key rotation and the background rewrap of data keys.
+
+``rotate`` adds a KEK version for a tenant; new secrets are wrapped by it at
+once. ``Rewrapper`` then moves every existing data key onto the newest version,
+one secret version per transaction with a compare-and-set on the KEK version it
+read, so a crash at any point loses nothing and a restart simply continues with
+the rows still behind. Sealed values are never touched: only the wrapped data
+key changes. The pace is bounded (``rate`` rows per second) to spare the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from server.keys import KeyProvider
+from server.service import policy
+from server.service.core import Core, Ctx
+from server.service.policy import Action
+from server.service.secrets import SecretService, secret_aad
+from shared.crypto import DecryptionFailed, WrappedKey
+from shared.errors import NotFound, Unavailable
+
+log = structlog.get_logger("llmcm.keys")
+_BATCH = 100
+
+
+class KeyService:
+    def __init__(self, core: Core, keys: KeyProvider | None, secrets: SecretService) -> None:
+        self.core = core
+        self.keys = keys
+        self.secrets = secrets
+        self.wake = asyncio.Event()  # set by rotate: the rewrapper starts at once
+
+    def _provider(self) -> KeyProvider:
+        if self.keys is None:
+            raise Unavailable("no key provider is configured on this server")
+        return self.keys
+
+    async def _tenant(self, ctx: Ctx, tenant_id: str | None) -> str:
+        if tenant_id is None or tenant_id == ctx.principal.tenant_id:
+            await self.core.authorize(ctx, policy.Request(Action.KEY_MANAGE), "keys")
+            return ctx.principal.tenant_id
+        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), f"tenant/{tenant_id[:64]}/keys")
+        if await self.core.storage.get_tenant(tenant_id) is None:
+            raise NotFound("tenant not found")
+        return tenant_id
+
+    async def rotate(self, ctx: Ctx, tenant_id: str | None = None) -> dict[str, Any]:
+        provider = self._provider()
+        target = await self._tenant(ctx, tenant_id)
+        async with self.core.storage.write(target) as tx:
+            version = await provider.rotate(tx, target)
+            await self.core.audit_in(
+                tx,
+                self.core.draft(ctx, "keys:rotate", "keys", "ok", {"tenant": target, "kek_version": version}),
+            )
+        self.wake.set()
+        return await self._status(target)
+
+    async def status(self, ctx: Ctx, tenant_id: str | None = None) -> dict[str, Any]:
+        self._provider()
+        return await self._status(await self._tenant(ctx, tenant_id))
+
+    async def _status(self, tenant_id: str) -> dict[str, Any]:
+        provider = self._provider()
+        current = await provider.current_version(tenant_id)
+        counts = await self.core.storage.secret_kek_counts(tenant_id)
+        keks = {k.version: k for k in await self.core.storage.keks(tenant_id)}
+        versions = sorted(set(counts) | set(keks))
+        return {
+            "tenant_id": tenant_id,
+            "provider": provider.name,
+            "current_version": current,
+            "versions": [
+                {
+                    "version": v,
+                    "secret_versions": counts.get(v, 0),
+                    "encryptions": keks[v].encryptions if v in keks else None,
+                    "created_at": keks[v].created_at if v in keks else None,
+                }
+                for v in versions
+            ],
+            "rewrap_pending": sum(n for v, n in counts.items() if v < current),
+            "rewrap_done": counts.get(current, 0),
+        }
+
+    async def rewrap_tenant(self, tenant_id: str, *, rate: float, limit: int | None = None) -> int:
+        """Move data keys onto the current KEK version; returns how many were moved."""
+        provider = self._provider()
+        current = await provider.current_version(tenant_id)
+        moved = 0
+        pause = 1.0 / rate if rate > 0 else 0.0
+        while limit is None or moved < limit:
+            batch = await self.core.storage.secrets_below_kek(tenant_id, current, limit=_BATCH)
+            if not batch:
+                break
+            for record in batch:
+                aad = secret_aad("dek", tenant_id, record.namespace, record.key, record.version)
+                old = WrappedKey(record.kek_id, record.kek_version, record.wrapped_dek)
+                try:
+                    async with self.core.storage.write(tenant_id) as tx:
+                        new = await provider.rewrap(tx, tenant_id, old, aad)
+                        await tx.set_secret_wrapping(tenant_id, record, new.kek_version, new.blob)
+                    self.secrets.forget(tenant_id)
+                except DecryptionFailed as exc:
+                    # a tampered row can't be re-wrapped; leave it for a read to report, go on
+                    log.error(
+                        "rewrap_failed",
+                        tenant=tenant_id,
+                        secret=f"{record.namespace}/{record.key}",
+                        version=record.version,
+                        error=exc.code,
+                    )
+                    current_rows = await self.core.storage.secrets_below_kek(tenant_id, current, limit=_BATCH)
+                    if current_rows and current_rows[0] == record:
+                        return moved  # only broken rows are left
+                    continue
+                moved += 1
+                if pause:
+                    await asyncio.sleep(pause)
+                if limit is not None and moved >= limit:
+                    break
+        return moved
+
+
+class Rewrapper:
+    """Background task: rewrap every tenant that is behind, now and after each rotation."""
+
+    def __init__(self, keys: KeyService, *, rate: float, idle_seconds: float = 300.0) -> None:
+        self.keys = keys
+        self.rate = rate
+        self.idle_seconds = idle_seconds
+
+    async def run(self) -> None:
+        while True:
+            self.keys.wake.clear()
+            for tenant_id in await self.keys.core.storage.tenants_with_secrets():
+                try:
+                    moved = await self.keys.rewrap_tenant(tenant_id, rate=self.rate)
+                except Unavailable:
+                    return
+                if moved:
+                    log.info("rewrap_done", tenant=tenant_id, moved=moved)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.keys.wake.wait(), timeout=self.idle_seconds)
