@@ -22,6 +22,7 @@ from shared.errors import InvalidInput
 DEFAULT_DATA_DIR = "./llmcm-data"
 # SPIFFE trust domain names: lowercase letters, digits, '.', '-' and '_' (SPIFFE ID standard, 2.1)
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_VAULT_MOUNT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
 _BOOLS = {
     "1": True,
@@ -66,6 +67,16 @@ class ServerConfig:
     master_key: str = field(default="", repr=False)
     master_key_file: str = ""
     kek_max_encryptions: int = 2**30
+    rewrap_rate: float = 200.0  # data keys re-wrapped per second after a KEK rotation
+    # key provider: "local" (above) or "vault" (HashiCorp Vault Transit, README: Vault);
+    # auth by vault_token, or AppRole with vault_role_id + vault_secret_id
+    key_provider: str = "local"
+    vault_addr: str = ""  # env LLMCM_VAULT_ADDR, else VAULT_ADDR
+    vault_token: str = field(default="", repr=False)  # env LLMCM_VAULT_TOKEN, else VAULT_TOKEN
+    vault_role_id: str = ""
+    vault_secret_id: str = field(default="", repr=False)
+    vault_mount: str = "transit"
+    vault_namespace: str = ""  # env LLMCM_VAULT_NAMESPACE, else VAULT_NAMESPACE
 
     @property
     def master_key_path(self) -> Path:
@@ -103,6 +114,26 @@ class ServerConfig:
                 raise InvalidInput(f"{name} must be a claim name (letters, digits, '_', '.', ':', '/', '-')")
         if not 0 <= self.jwt_leeway <= 300:
             raise InvalidInput("jwt_leeway must be between 0 and 300 seconds")
+        self._check_vault()
+
+    def _check_vault(self) -> None:
+        if self.key_provider not in ("local", "vault"):
+            raise InvalidInput("key_provider must be local or vault")
+        if bool(self.vault_role_id) != bool(self.vault_secret_id):
+            raise InvalidInput("vault_role_id and vault_secret_id go together: give both or neither")
+        if not _VAULT_MOUNT.match(self.vault_mount):
+            raise InvalidInput("vault_mount must be a mount path such as 'transit', without '/' at the ends")
+        if self.key_provider != "vault":
+            return
+        if not self.vault_addr.startswith(("http://", "https://")):
+            raise InvalidInput("key_provider vault needs vault_addr, an http(s):// URL (LLMCM_VAULT_ADDR)")
+        if self.vault_token and self.vault_role_id:
+            raise InvalidInput("give vault_token or vault_role_id + vault_secret_id, not both")
+        if not self.vault_token and not self.vault_role_id:
+            raise InvalidInput(
+                "key_provider vault needs vault_token (LLMCM_VAULT_TOKEN) or "
+                "vault_role_id + vault_secret_id (AppRole)"
+            )
 
     @property
     def tls(self) -> bool:
@@ -143,6 +174,12 @@ class ServerConfig:
         for name, value in (flags or {}).items():
             if value is not None:
                 values[name] = value
+        # Vault's own variables as fallbacks; a VAULT_TOKEN in the shell never overrides AppRole
+        for name, std in (("vault_addr", "VAULT_ADDR"), ("vault_namespace", "VAULT_NAMESPACE")):
+            if not values.get(name) and env.get(std):
+                values[name] = env[std]
+        if not values.get("vault_token") and not values.get("vault_role_id") and env.get("VAULT_TOKEN"):
+            values["vault_token"] = env["VAULT_TOKEN"]
         unknown = set(values) - set(known)
         if unknown:
             raise InvalidInput(f"unknown server settings: {', '.join(sorted(unknown))}")
@@ -158,7 +195,7 @@ class ServerConfig:
                 if number < 0:
                     raise ValueError
                 return number
-            if name in ("shutdown_timeout", "jwt_leeway"):
+            if name in ("shutdown_timeout", "jwt_leeway", "rewrap_rate"):
                 return float(value)
             if name == "jwt_allow_global_admin":
                 return value if isinstance(value, bool) else _BOOLS[str(value).strip().lower()]

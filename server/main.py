@@ -22,8 +22,11 @@ from aiohttp import web
 from server.api.app import create_app
 from server.auth import Authenticator, JwtSettings, JwtVerifier, server_context
 from server.config import ServerConfig
+from server.keys import KeyProvider
 from server.keys.local import LocalKeyProvider, create_master_key_file, load_master_key
+from server.keys.vault import VaultKeyProvider, VaultSettings
 from server.service import Services
+from server.service.keys import Rewrapper
 from server.storage import open_storage
 from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import LLMConfigError
@@ -153,6 +156,13 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
     help="Accept the global-admin role from JWTs (refused by default). Env LLMCM_JWT_ALLOW_GLOBAL_ADMIN.",
 )
 @click.option("--jwt-leeway", type=float, help="Clock skew allowed for exp/nbf, seconds (default 30).")
+@click.option(
+    "--key-provider",
+    type=click.Choice(["local", "vault"]),
+    help="Who wraps data keys (default local). Env LLMCM_KEY_PROVIDER; vault: README, Vault.",
+)
+@click.option("--vault-addr", help="Vault URL. Env LLMCM_VAULT_ADDR or VAULT_ADDR.")
+@click.option("--vault-mount", help="Transit mount path (default transit). Env LLMCM_VAULT_MOUNT.")
 @click.pass_context
 def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Serve the REST API until SIGTERM or SIGINT."""
@@ -187,13 +197,18 @@ async def _serve(config: ServerConfig) -> None:
         if not await store.list_tenants():
             where, init_cmd = _init_hint(config)
             raise click.ClickException(f"no tenant in the store at {where}; run '{init_cmd}' first")
-        if not config.master_key:
-            create_master_key_file(config.master_key_path)  # no-op when it exists
-        keys = LocalKeyProvider(
-            store,
-            load_master_key(config.master_key, config.master_key_path),
-            max_encryptions=config.kek_max_encryptions,
-        )
+        keys: KeyProvider
+        if config.key_provider == "vault":
+            vault = await stack.enter_async_context(VaultKeyProvider(_vault_settings(config)))
+            keys = vault
+        else:
+            if not config.master_key:
+                create_master_key_file(config.master_key_path)  # no-op when it exists
+            keys = LocalKeyProvider(
+                store,
+                load_master_key(config.master_key, config.master_key_path),
+                max_encryptions=config.kek_max_encryptions,
+            )
         services = Services.build(store, max_value_bytes=config.max_body_bytes, keys=keys)
         verifier: JwtVerifier | None = None
         if config.jwt:
@@ -226,12 +241,29 @@ async def _serve(config: ServerConfig) -> None:
                 tls=config.tls,
                 mtls_trust_domain=config.spiffe_trust_domain or None,
                 jwt_issuer=config.jwt_issuer or None,
+                key_provider=config.key_provider,
             )
-            await stop.wait()
-            log.info("server_stopping", drain_seconds=config.shutdown_timeout)
+            async with asyncio.TaskGroup() as background:
+                rewrap = background.create_task(
+                    Rewrapper(services.keys, rate=config.rewrap_rate).run(), name="rewrap"
+                )
+                await stop.wait()
+                log.info("server_stopping", drain_seconds=config.shutdown_timeout)
+                rewrap.cancel("server stopping")
         finally:
             await runner.cleanup()
     log.info("server_stopped")
+
+
+def _vault_settings(config: ServerConfig) -> VaultSettings:
+    return VaultSettings(
+        addr=config.vault_addr,
+        token=config.vault_token,
+        role_id=config.vault_role_id,
+        secret_id=config.vault_secret_id,
+        mount=config.vault_mount,
+        namespace=config.vault_namespace,
+    )
 
 
 def _jwt_settings(config: ServerConfig) -> JwtSettings:

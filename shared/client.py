@@ -208,6 +208,14 @@ class RestClient:
     async def list_secrets(self, *, prefix: str | None = None, env: str | None = None) -> dict[str, Any]:
         return await self._obj("GET", "/v1/secrets", params={"prefix": prefix, **_env(env)})
 
+    # -- keys ------------------------------------------------------------------------------
+
+    async def rotate_key(self, *, tenant_id: str | None = None) -> dict[str, Any]:
+        return await self._obj("POST", "/v1/keys/rotate", params={"tenant_id": tenant_id})
+
+    async def key_status(self, *, tenant_id: str | None = None) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/keys/status", params={"tenant_id": tenant_id})
+
     # -- identity --------------------------------------------------------------------------
 
     async def whoami(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ value is printed only by ``secret get``, alone on a line (or in ``--json``).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -215,3 +216,51 @@ def revoke(app: App, namespace: str, key: str, env: str | None, version: int | N
 
 
 COMMANDS = [secret]
+
+
+@click.group()
+def key() -> None:
+    """Rotate the tenant's key-encryption key and follow the re-wrap of data keys."""
+
+
+def _print_status(body: dict[str, Any]) -> None:
+    click.echo(
+        f"tenant {body.get('tenant_id')}: provider {body.get('provider')}, current KEK version "
+        f"{body.get('current_version')}; re-wrap {body.get('rewrap_done')} done, "
+        f"{body.get('rewrap_pending')} pending"
+    )
+    versions: list[dict[str, Any]] = list(body.get("versions") or [])
+    rows = [
+        (v.get("version"), v.get("secret_versions"), v.get("encryptions"), short_time(v.get("created_at")))
+        for v in versions
+    ]
+    table(("KEK VERSION", "SECRET VERSIONS", "ENCRYPTIONS", "CREATED"), rows)
+
+
+@key.command("rotate")
+@click.option("--tenant", "tenant_id", help="Another tenant (global-admin).")
+@json_option
+@pass_app
+def key_rotate(app: App, tenant_id: str | None, as_json: bool) -> None:
+    """Add a KEK version; data keys are re-wrapped in the background, values stay sealed as they are."""
+    body = app.run(lambda c: c.rotate_key(tenant_id=tenant_id))
+    if as_json:
+        print_json(body)
+        return
+    _print_status(body)
+
+
+@key.command("status")
+@click.option("--tenant", "tenant_id", help="Another tenant (global-admin).")
+@json_option
+@pass_app
+def key_status(app: App, tenant_id: str | None, as_json: bool) -> None:
+    """Show KEK versions and re-wrap progress."""
+    body = app.run(lambda c: c.key_status(tenant_id=tenant_id))
+    if as_json:
+        print_json(body)
+        return
+    _print_status(body)
+
+
+COMMANDS.append(key)

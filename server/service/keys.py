@@ -22,7 +22,7 @@ from server.service.core import Core, Ctx
 from server.service.policy import Action
 from server.service.secrets import SecretService, secret_aad
 from shared.crypto import DecryptionFailed, WrappedKey
-from shared.errors import NotFound, Unavailable
+from shared.errors import LLMConfigError, NotFound, Unavailable
 
 log = structlog.get_logger("llmcm.keys")
 _BATCH = 100
@@ -136,14 +136,17 @@ class Rewrapper:
         self.idle_seconds = idle_seconds
 
     async def run(self) -> None:
+        if self.keys.keys is None:
+            return
         while True:
             self.keys.wake.clear()
-            for tenant_id in await self.keys.core.storage.tenants_with_secrets():
-                try:
+            try:
+                for tenant_id in await self.keys.core.storage.tenants_with_secrets():
                     moved = await self.keys.rewrap_tenant(tenant_id, rate=self.rate)
-                except Unavailable:
-                    return
-                if moved:
-                    log.info("rewrap_done", tenant=tenant_id, moved=moved)
+                    if moved:
+                        log.info("rewrap_done", tenant=tenant_id, moved=moved)
+            except LLMConfigError as exc:
+                # the store or the key service is down: try again on the next round
+                log.warning("rewrap_paused", error=exc.code, retriable=exc.retriable)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.keys.wake.wait(), timeout=self.idle_seconds)
