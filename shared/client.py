@@ -184,9 +184,15 @@ class RestClient:
         message: str | None = None,
         grace_period: int | None = None,
         expires_in: int | None = None,
+        rotation_interval: int | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"value": value}
-        for name, given in (("message", message), ("grace_period", grace_period), ("expires_in", expires_in)):
+        for name, given in (
+            ("message", message),
+            ("grace_period", grace_period),
+            ("expires_in", expires_in),
+            ("rotation_interval", rotation_interval),
+        ):
             if given is not None:
                 body[name] = given
         return await self._obj("PUT", _secret_path(namespace, key), params=_env(env), body=body)
@@ -205,8 +211,10 @@ class RestClient:
         body = {"version": version} if version is not None else None
         return await self._obj("POST", _secret_path(namespace, key) + "/revoke", params=_env(env), body=body)
 
-    async def list_secrets(self, *, prefix: str | None = None, env: str | None = None) -> dict[str, Any]:
-        return await self._obj("GET", "/v1/secrets", params={"prefix": prefix, **_env(env)})
+    async def list_secrets(
+        self, *, prefix: str | None = None, env: str | None = None, due: bool = False
+    ) -> dict[str, Any]:
+        return await self._obj("GET", "/v1/secrets", params={"prefix": prefix, **_env(env), "due": due})
 
     # -- keys ------------------------------------------------------------------------------
 

@@ -247,7 +247,11 @@ def _paths() -> dict[str, Any]:
                     "200": _json({"type": "object", "properties": {"items": {"type": "array"}}}),
                     **_problems(400, *_AUTH),
                 },
-                params=[_param("prefix", "query", {"type": "string"}, "Namespace prefix"), _ENV],
+                params=[
+                    _param("prefix", "query", {"type": "string"}, "Namespace prefix"),
+                    _ENV,
+                    _param("due", "query", {"type": "boolean"}, "Only secrets past their rotation interval"),
+                ],
                 tag="secrets",
             )
         },
@@ -274,6 +278,7 @@ def _paths() -> dict[str, Any]:
                         "message": {"type": "string"},
                         "grace_period": {"type": "integer", "minimum": 0, "description": "seconds"},
                         "expires_in": {"type": "integer", "minimum": 0, "description": "seconds"},
+                        "rotation_interval": {"type": "integer", "minimum": 0, "description": "seconds"},
                     },
                 },
                 tag="secrets",

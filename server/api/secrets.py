@@ -11,7 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api.http import body_int, body_str, ctx_of, json_body, json_response, query_int, services_of
+from server.api.http import (
+    body_int,
+    body_str,
+    ctx_of,
+    json_body,
+    json_response,
+    query_bool,
+    query_int,
+    services_of,
+)
 from shared.errors import InvalidInput
 from shared.models import parse_environment, validate_key, validate_namespace
 
@@ -53,6 +62,7 @@ async def put_secret(request: web.Request) -> web.Response:
         message=body_str(body, "message"),
         grace_period=body.get("grace_period"),
         expires_in=body.get("expires_in"),
+        rotation_interval=body.get("rotation_interval"),
     )
     return json_response(_version_dict(record), 201 if record.version == 1 else 200)
 
@@ -94,10 +104,16 @@ async def list_secrets(request: web.Request) -> web.Response:
     prefix = request.query.get("prefix") or None
     if prefix is not None:
         validate_namespace(prefix.rstrip("/"))
-    found = await services_of(request).secrets.list(
-        ctx_of(request), env=parse_environment(request.query.get("env")), prefix=prefix
+    secrets = services_of(request).secrets
+    found = await secrets.list(
+        ctx_of(request),
+        env=parse_environment(request.query.get("env")),
+        prefix=prefix,
+        due=query_bool(request, "due"),
     )
-    return json_response({"items": [_version_dict(v) for v in found]})
+    return json_response(
+        {"items": [{**_version_dict(v), "rotation_due": secrets.rotation_due(v)} for v in found]}
+    )
 
 
 def add_routes(app: web.Application) -> None:

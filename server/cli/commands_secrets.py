@@ -56,11 +56,19 @@ def _set(
     expires_in: int | None,
     as_json: bool,
     verb: str,
+    rotation_interval: int | None = None,
 ) -> None:
     text = _read_value(value, file)
     body = app.run(
         lambda c: c.put_secret(
-            namespace, key, text, env=env, message=message, grace_period=grace, expires_in=expires_in
+            namespace,
+            key,
+            text,
+            env=env,
+            message=message,
+            grace_period=grace,
+            expires_in=expires_in,
+            rotation_interval=rotation_interval,
         )
     )
     if as_json:
@@ -76,6 +84,11 @@ _value_options = [
     click.option("--file", "file", help="Read the value from FILE ('-' for stdin)."),
     click.option("--message", "-m", help="Why it changed."),
     click.option("--expires-in", type=positive, help="Seconds until this version expires."),
+    click.option(
+        "--rotation-interval",
+        type=positive,
+        help="Seconds after which the secret is due for rotation (listed by `secret list --due`).",
+    ),
 ]
 
 
@@ -97,9 +110,23 @@ def set_(
     expires_in: int | None,
     grace: int | None,
     as_json: bool,
+    rotation_interval: int | None,
 ) -> None:
     """Store a new version of secret NAMESPACE KEY (value from stdin, --file or --value)."""
-    _set(app, namespace, key, env, value, file, message, grace, expires_in, as_json, "stored")
+    _set(
+        app,
+        namespace,
+        key,
+        env,
+        value,
+        file,
+        message,
+        grace,
+        expires_in,
+        as_json,
+        "stored",
+        rotation_interval,
+    )
 
 
 @secret.command()
@@ -126,9 +153,23 @@ def rotate(
     expires_in: int | None,
     grace: int,
     as_json: bool,
+    rotation_interval: int | None,
 ) -> None:
     """Replace secret NAMESPACE KEY; the old version stays valid for --grace seconds."""
-    _set(app, namespace, key, env, value, file, message, grace, expires_in, as_json, "rotated")
+    _set(
+        app,
+        namespace,
+        key,
+        env,
+        value,
+        file,
+        message,
+        grace,
+        expires_in,
+        as_json,
+        "rotated",
+        rotation_interval,
+    )
 
 
 for _option in reversed(_value_options):
@@ -173,15 +214,21 @@ _HEADERS = ("NAMESPACE", "KEY", "VERSION", "STATUS", "KEK", "CREATED", "EXPIRES"
 @secret.command("list")
 @click.argument("prefix", required=False)
 @env_option
+@click.option("--due", is_flag=True, help="Only secrets past their rotation interval.")
 @json_option
 @pass_app
-def list_(app: App, prefix: str | None, env: str | None, as_json: bool) -> None:
+def list_(app: App, prefix: str | None, env: str | None, due: bool, as_json: bool) -> None:
     """List secrets (metadata only), optionally under namespace PREFIX."""
-    body = app.run(lambda c: c.list_secrets(prefix=prefix, env=env))
+    body = app.run(lambda c: c.list_secrets(prefix=prefix, env=env, due=due))
     if as_json:
         print_json(body)
         return
-    table(_HEADERS, _rows(list(body.get("items", []))))
+    items = list(body.get("items", []))
+    rows = [
+        (*row, "due" if item.get("rotation_due") else "")
+        for row, item in zip(_rows(items), items, strict=True)
+    ]
+    table((*_HEADERS, "ROTATION"), rows)
 
 
 @secret.command()

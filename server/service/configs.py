@@ -232,6 +232,7 @@ class ConfigService:
             raise Unavailable("this config references secrets, and secrets are unavailable on this server")
         plaintexts = []
         versions = []
+        used: list[dict[str, Any]] = []
         for secret in result.refs:
             try:
                 plaintext, record = await self.secrets.get(
@@ -251,7 +252,15 @@ class ConfigService:
                 ) from None
             plaintexts.append((secret, plaintext))
             versions.append(f"{secret.name}@{record.version}")
-        body = {**result.body, "value": inject(result.body["value"], plaintexts)}
+            used.append({"secret_ref": secret.name, "version": record.version, "revision": record.revision})
+        # rotating a referenced secret is a change of this config: its revision moves with it
+        revision = max([result.body["revision"], *(u["revision"] for u in used)])
+        body = {
+            **result.body,
+            "value": inject(result.body["value"], plaintexts),
+            "revision": revision,
+            "secret_versions": used,
+        }
         # the ETag follows versions, never the plaintext (an unsalted hash would confirm guesses)
         tag = hashlib.sha256(f"{result.etag}|{'|'.join(versions)}".encode()).hexdigest()[:32]
         return ReadResult(body, _encode(body), result.classification, etag=f'"{tag}"')

@@ -98,6 +98,7 @@ class SecretService:
         message: str = "",
         grace_period: Any = None,
         expires_in: Any = None,
+        rotation_interval: Any = None,
     ) -> SecretVersion:
         """Seal ``value`` as the new active version; the previous one enters its grace period."""
         validate_namespace(namespace)
@@ -109,6 +110,7 @@ class SecretService:
             raise InvalidInput(f"the secret is {len(plaintext)} bytes; the limit is {MAX_SECRET_BYTES}")
         grace = _seconds(grace_period, "grace_period", MAX_GRACE_SECONDS) or 0
         expires = _seconds(expires_in, "expires_in", 10 * 365 * 24 * 3600)
+        interval = _seconds(rotation_interval, "rotation_interval", 10 * 365 * 24 * 3600)
         provider = self._provider()
         await self._authorize(ctx, Action.SECRET_WRITE, env, namespace, key)
         tenant_id = ctx.principal.tenant_id
@@ -116,6 +118,9 @@ class SecretService:
         async with self.core.storage.write(tenant_id) as tx:
             latest = await tx.latest_secret(tenant_id, namespace, key)
             version = (latest.version if latest else 0) + 1
+            if interval is None and latest is not None:
+                interval = latest.metadata.get("rotation_interval")
+            meta = {"rotation_interval": interval} if interval else {}
             dek = new_key()
             sealed = seal(dek, plaintext, secret_aad("secret", tenant_id, namespace, key, version))
             wrapped = await provider.wrap(
@@ -136,6 +141,7 @@ class SecretService:
                 author=ctx.principal.name,
                 message=message[:2000],
                 expires_at=iso(now + timedelta(seconds=expires)) if expires else None,
+                metadata=meta,
             )
             await tx.insert_secret(tenant_id, record)
             if latest is not None and latest.status is SecretStatus.ACTIVE:
@@ -276,16 +282,32 @@ class SecretService:
             raise NotFound(f"secret {namespace}/{key} not found")
         return found
 
+    def rotation_due(self, record: SecretVersion) -> bool:
+        """Past its rotation interval (counted from when this version was stored)?"""
+        interval = record.metadata.get("rotation_interval")
+        if not interval or record.status is not SecretStatus.ACTIVE:
+            return False
+        created = datetime.fromisoformat(record.created_at.replace("Z", "+00:00"))
+        return created + timedelta(seconds=int(interval)) <= self.core.clock()
+
     async def list(
-        self, ctx: Ctx, *, env: Environment = Environment.GLOBAL, prefix: str | None = None
+        self,
+        ctx: Ctx,
+        *,
+        env: Environment = Environment.GLOBAL,
+        prefix: str | None = None,
+        due: bool = False,
     ) -> list[SecretVersion]:
-        """The newest version of each secret the caller may read, metadata only."""
+        """The newest version of each secret the caller may read, metadata only (``due``: only
+        those past their rotation interval)."""
         settings = await self.core.settings(ctx.principal.tenant_id)
         out = []
         for record in await self.core.storage.list_secrets(ctx.principal.tenant_id):
             if prefix and not (
                 record.namespace == prefix or record.namespace.startswith(prefix.rstrip("/") + "/")
             ):
+                continue
+            if due and not self.rotation_due(record):
                 continue
             request = policy.Request(Action.SECRET_READ, env, record.namespace)
             if self.core.decide(ctx.principal, request, settings).allowed:

@@ -78,6 +78,7 @@ def _snapshot(b: Http, names: Names) -> dict[str, Any]:
     shot["bindings"] = ok(b.get("/v1/schema-bindings"))["bindings"]
     shot["tokens"] = ok(b.get("/v1/tokens"))["tokens"]
     shot["settings"] = ok(b.get("/v1/settings"))
+    shot["secret"] = ok(b.get(f"/v1/secrets/{names.namespace}/{names.key}/versions"))["versions"]
     return shot
 
 
@@ -105,12 +106,15 @@ def tenant_b(server: ServerProcess) -> TenantB:
     extra = token(b, f"b-extra-{tag}", ["operator"])
     hidden = token(b, f"b-hidden-{tag}", ["service-account"], [f"iso-b-{tag}"])
     ok(b.put("/v1/settings", {"chains": {"edge": ["global", "production", "edge"]}, "audit_reads": False}))
+    secret_value = f"B-SECRET-VALUE-{tag}"
+    ok(b.put(f"/v1/secrets/{namespace}/{key}", {"value": secret_value}), 201)
     names = Names(namespace, key, created["tenant"]["id"], extra["id"], schema, binding["id"])
     secrets = [
         *(v["marker"] for v in values.values()),
         f"b-{tag}.example",
         f"B-MESSAGE-{tag}",
         f"B-SCHEMA-TITLE-{tag}",
+        secret_value,
         f"iso-b-{tag}",  # B's tenant name (namespaces A sends contain it: checked only when not sent)
         hidden["id"],
         hidden_schema,

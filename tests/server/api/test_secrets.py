@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.server.api.conftest import MakeToken
 from tests.server.api.helpers import ok, problem
 from tests.support import REPO, Http, ServerProcess
 
 PLANTED = "sk-ant-api03-PLANTED-VALUE-do-not-leak-7f3a9c"
+
+
+def cfg_path(namespace: str, key: str) -> str:
+    return f"/v1/configs/{namespace}/{key}?env=global"
 
 
 def sec(namespace: str, key: str, query: str = "") -> str:
@@ -73,15 +80,38 @@ class TestSecretsApi:
         assert PLANTED not in b.get(sec("api-keys", "isolated") + "/versions").body.decode()
 
 
+@pytest.fixture
+def debug_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server logging at DEBUG, the level most likely to leak."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.data_dir.mkdir()
+    srv.init()
+    srv.start("--log-level", "debug")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 class TestNeverLeaks:
     def test_planted_secret_absent_from_logs_metrics_audit_and_files(
-        self, fresh_server: ServerProcess, admin: Http
+        self, debug_server: ServerProcess
     ) -> None:
-        """After writes, reads, denials and errors: 0 hits in log, metrics, audit, db and WAL."""
+        """After writes, reads, denials and errors at DEBUG: 0 hits in log, metrics, audit, db and WAL."""
+        fresh_server = debug_server
         http = fresh_server.admin
         ok(http.put(sec("api-keys", "anthropic"), {"value": PLANTED}), 201)
         ok(http.get(sec("api-keys", "anthropic")))
         http.put(sec("api-keys", "anthropic"), {"value": PLANTED, "grace_period": "soon"})  # 400
+        http.put(sec("api-keys", "anthropic"), raw=b'{"value": "' + PLANTED.encode() + b'"')  # malformed JSON
+        ok(
+            http.put(
+                cfg_path("gw", "ep"),
+                {"value": {"secrets": [{"field_path": "$.key", "secret_ref": "api-keys/anthropic"}]}},
+            ),
+            201,
+        )
+        ok(http.get(cfg_path("gw", "ep") + "&resolve=true"))  # injected into a response, not into logs
         fresh_server.http("lcm_" + PLANTED).get(sec("api-keys", "anthropic"))  # 401 with a planted "token"
         places = {
             "metrics": fresh_server.http().get("/metrics").body,

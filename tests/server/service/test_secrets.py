@@ -362,3 +362,36 @@ class TestKeyRotation:
             other = await token_ctx(services, ctx, *roles, namespaces=scopes)
             with pytest.raises(PermissionDenied):
                 await services.keys.rotate(other)
+
+
+class TestDueAndRevisions:
+    async def test_rotation_due_after_interval(
+        self, secret_services: tuple[Services, Ctx, Path], clock: FakeClock
+    ) -> None:
+        """A secret with a 60 s rotation interval is listed as due after 61 s, and not after rotating."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "v1", rotation_interval=60)
+        await services.secrets.put(ctx, "api-keys", "other", "x")
+        assert await services.secrets.list(ctx, due=True) == []
+        clock.advance(61)
+        assert [r.key for r in await services.secrets.list(ctx, due=True)] == ["openai"]
+        await services.secrets.put(ctx, "api-keys", "openai", "v2")  # keeps its interval
+        assert await services.secrets.list(ctx, due=True) == []
+        clock.advance(61)
+        assert [r.key for r in await services.secrets.list(ctx, due=True)] == ["openai"]
+
+    async def test_secret_rotation_advances_referencing_config_revision(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """The resolved revision of a config follows the newest version of the secrets it references."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        ref = ConfigRef.parse("gw", "ep", "global")
+        await services.configs.put(ctx, ref, TestSecretReferences.ENDPOINT)
+        before = (await services.configs.get(ctx, ref, resolve=True)).body["revision"]
+        rotated = await services.secrets.put(ctx, "api-keys", "anthropic", "new", grace_period=10)
+        after = (await services.configs.get(ctx, ref, resolve=True)).body
+        assert after["revision"] == rotated.revision > before
+        assert after["secret_versions"] == [
+            {"secret_ref": "api-keys/anthropic", "version": 2, "revision": rotated.revision}
+        ]
