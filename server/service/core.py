@@ -177,8 +177,7 @@ class Core:
         self, chain: str, batch: list[tuple[AuditDraft, asyncio.Future[None]]]
     ) -> None:
         try:
-            async with self.storage.write(chain) as tx:
-                await tx.append_audits([draft for draft, _ in batch])
+            await self.storage.append_audit_batch(chain, [draft for draft, _ in batch])
         except BaseException as exc:
             for _, waiter in batch:
                 if not waiter.done():

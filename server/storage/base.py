@@ -116,6 +116,10 @@ class Storage(Protocol):
 
     def write(self, chain: str) -> AbstractAsyncContextManager[WriteTx]: ...
 
+    async def append_audit_batch(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
+        """Append records to a chain in one transaction of their own (the audit group commit)."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``StorageError`` if the store can't answer."""
         ...

@@ -145,6 +145,48 @@ def _translate(exc: Exception, what: str) -> StorageError:
     return StorageError(f"SQLite failed while {what}: {type(exc).__name__}", retriable=retriable)
 
 
+_AUDIT_INSERT = f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _chain_records(chain: str, head: Any, drafts: list[AuditDraft]) -> list[AuditRecord]:
+    """Sequence and hash ``drafts`` after the chain head row (audit_seq, audit_hash) or genesis."""
+    seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
+    records = []
+    for draft in drafts:
+        seq += 1
+        fields: dict[str, Any] = {
+            "time": draft.time,
+            "tenant_id": draft.tenant_id,
+            "actor": draft.actor,
+            "action": draft.action,
+            "resource": draft.resource,
+            "result": draft.result,
+            "request_id": draft.request_id,
+            "metadata": draft.metadata,
+        }
+        digest = record_hash(prev_hash, seq, chain, fields)
+        records.append(AuditRecord(seq=seq, chain=chain, prev_hash=prev_hash, hash=digest, **fields))
+        prev_hash = digest
+    return records
+
+
+def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
+    return (
+        r.seq,
+        r.chain,
+        r.time,
+        r.tenant_id,
+        r.actor,
+        r.action,
+        r.resource,
+        r.result,
+        r.request_id,
+        _dumps(r.metadata),
+        r.prev_hash,
+        r.hash,
+    )
+
+
 class SQLiteWriteTx:
     """A write transaction on the single writer connection."""
 
@@ -213,48 +255,14 @@ class SQLiteWriteTx:
 
     async def append_audits(self, drafts: list[AuditDraft]) -> list[AuditRecord]:
         row = await self._one("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (self.chain,))
-        seq, prev_hash = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
-        records = []
-        for draft in drafts:
-            seq += 1
-            fields: dict[str, Any] = {
-                "time": draft.time,
-                "tenant_id": draft.tenant_id,
-                "actor": draft.actor,
-                "action": draft.action,
-                "resource": draft.resource,
-                "result": draft.result,
-                "request_id": draft.request_id,
-                "metadata": draft.metadata,
-            }
-            digest = record_hash(prev_hash, seq, self.chain, fields)
-            records.append(AuditRecord(seq=seq, chain=self.chain, prev_hash=prev_hash, hash=digest, **fields))
-            prev_hash = digest
+        records = _chain_records(self.chain, row, drafts)
         try:
-            await self._conn.executemany(
-                f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.seq,
-                        r.chain,
-                        r.time,
-                        r.tenant_id,
-                        r.actor,
-                        r.action,
-                        r.resource,
-                        r.result,
-                        r.request_id,
-                        _dumps(r.metadata),
-                        r.prev_hash,
-                        r.hash,
-                    )
-                    for r in records
-                ],
-            )
+            await self._conn.executemany(_AUDIT_INSERT, [_audit_row(r) for r in records])
         except sqlite3.Error as exc:
             raise _translate(exc, "writing the audit log") from exc
         await self._exec(
-            "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?", (seq, prev_hash, self.chain)
+            "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?",
+            (records[-1].seq, records[-1].hash, self.chain),
         )
         return records
 
@@ -425,6 +433,7 @@ class SQLiteStorage:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._batch_conn: sqlite3.Connection | None = None  # audit batches, used under the lock
 
     async def __aenter__(self) -> SQLiteStorage:
         await self.open()
@@ -495,6 +504,9 @@ class SQLiteStorage:
         return applied
 
     async def close(self) -> None:
+        batch, self._batch_conn = self._batch_conn, None
+        if batch is not None:
+            await asyncio.to_thread(batch.close)
         for attr in ("_reader", "_writer"):
             conn = getattr(self, attr)
             setattr(self, attr, None)
@@ -510,6 +522,46 @@ class SQLiteStorage:
         if self._reader is None:
             raise StorageError("storage is not open")
         return self._reader
+
+    async def append_audit_batch(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
+        """Append records in one transaction, run whole in one worker-thread call.
+
+        Takes the same write lock as ``write()``, so the chain stays serialized with
+        the audit records written inside other transactions; the dedicated connection
+        is only ever used under that lock, by one thread at a time.
+        """
+        async with self._write_lock:
+            try:
+                return await asyncio.to_thread(self._append_audit_batch_sync, chain, drafts)
+            except sqlite3.Error as exc:
+                raise _translate(exc, "writing the audit log") from exc
+
+    def _append_audit_batch_sync(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
+        if self._batch_conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+                conn.execute(f"PRAGMA {pragma}")
+            self._batch_conn = conn
+        conn = self._batch_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
+                "ON CONFLICT(id) DO NOTHING",
+                (chain, GENESIS_HASH),
+            )
+            head = conn.execute("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (chain,)).fetchone()
+            records = _chain_records(chain, head, drafts)
+            conn.executemany(_AUDIT_INSERT, [_audit_row(r) for r in records])
+            conn.execute(
+                "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?",
+                (records[-1].seq, records[-1].hash, chain),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return records
 
     @asynccontextmanager
     async def write(self, chain: str) -> AsyncIterator[SQLiteWriteTx]:
