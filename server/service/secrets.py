@@ -42,6 +42,17 @@ def secret_aad(purpose: str, tenant_id: str, namespace: str, key: str, version: 
     return aad_for(purpose=purpose, tenant=tenant_id, namespace=namespace, key=key, version=version)
 
 
+def served_environments(env: Environment | str | None) -> tuple[Environment, ...]:
+    """Where a secret stored for ``env`` is used: everywhere for global, else that one."""
+    if env is None or Environment(env) is Environment.GLOBAL:
+        return tuple(Environment)
+    return (Environment(env),)
+
+
+def _served(record: SecretVersion | None) -> tuple[Environment, ...]:
+    return served_environments(record.metadata.get("environment")) if record is not None else ()
+
+
 def _seconds(value: Any, name: str, maximum: int) -> int | None:
     if value is None:
         return None
@@ -81,9 +92,21 @@ class SecretService:
             raise Unavailable("no key provider is configured on this server; secrets are unavailable")
         return self.keys
 
-    async def _authorize(self, ctx: Ctx, action: Action, env: Environment, namespace: str, key: str) -> None:
-        request = policy.Request(action, env, namespace)
-        await self.core.authorize(ctx, request, f"secret/{namespace}/{key}")
+    async def _authorize(
+        self, ctx: Ctx, action: Action, served: tuple[Environment, ...], namespace: str, key: str
+    ) -> None:
+        """The caller needs ``action`` in every environment the secret serves.
+
+        A secret is not per environment, so the environment a caller names proves nothing;
+        what counts is where the secret is used: a secret stored for global serves every
+        environment, production included, so only principals allowed in all of them read it.
+        """
+        settings = await self.core.settings(ctx.principal.tenant_id)
+        for env in served:
+            request = policy.Request(action, env, namespace)
+            decision = self.core.decide(ctx.principal, request, settings)
+            if not decision.allowed:
+                await self.core.deny(ctx, request, decision, f"secret/{namespace}/{key}")
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -112,15 +135,20 @@ class SecretService:
         expires = _seconds(expires_in, "expires_in", 10 * 365 * 24 * 3600)
         interval = _seconds(rotation_interval, "rotation_interval", 10 * 365 * 24 * 3600)
         provider = self._provider()
-        await self._authorize(ctx, Action.SECRET_WRITE, env, namespace, key)
         tenant_id = ctx.principal.tenant_id
+        versions = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        replaced = versions[0] if versions else None
+        served = tuple(dict.fromkeys((*_served(replaced), *served_environments(env))))
+        await self._authorize(ctx, Action.SECRET_WRITE, served, namespace, key)
         now = self.core.clock()
         async with self.core.storage.write(tenant_id) as tx:
             latest = await tx.latest_secret(tenant_id, namespace, key)
             version = (latest.version if latest else 0) + 1
             if interval is None and latest is not None:
                 interval = latest.metadata.get("rotation_interval")
-            meta = {"rotation_interval": interval} if interval else {}
+            meta: dict[str, Any] = {"environment": env.value}
+            if interval:
+                meta["rotation_interval"] = interval
             dek = new_key()
             sealed = seal(dek, plaintext, secret_aad("secret", tenant_id, namespace, key, version))
             wrapped = await provider.wrap(
@@ -175,9 +203,11 @@ class SecretService:
         validate_key(key)
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise InvalidInput("'version' must be a positive integer")
-        await self._authorize(ctx, Action.SECRET_WRITE, env, namespace, key)
         tenant_id = ctx.principal.tenant_id
         versions = await self.core.storage.secret_versions(tenant_id, namespace, key)
+        await self._authorize(
+            ctx, Action.SECRET_WRITE, _served(versions[0]) if versions else (env,), namespace, key
+        )
         targets = [v for v in versions if version is None or v.version == version]
         if not targets:
             raise NotFound(f"secret {namespace}/{key}{f' version {version}' if version else ''} not found")
@@ -228,10 +258,11 @@ class SecretService:
         validate_namespace(namespace)
         validate_key(key)
         provider = self._provider()
-        await self._authorize(ctx, Action.SECRET_READ, env, namespace, key)
         tenant_id = ctx.principal.tenant_id
         resource = f"secret/{namespace}/{key}"
         versions = await self._load(tenant_id, namespace, key)
+        if not versions:  # same answer whether or not the caller could have read it
+            await self._authorize(ctx, Action.SECRET_READ, (env,), namespace, key)
         if version is None:
             record = next((v for v in versions if v.status is SecretStatus.ACTIVE), None)
         else:
@@ -239,6 +270,11 @@ class SecretService:
         if record is None:
             what = f" version {version}" if version is not None else ""
             raise NotFound(f"secret {namespace}/{key}{what} not found (or no active version)")
+        await self._authorize(ctx, Action.SECRET_READ, _served(record), namespace, key)
+        if env is not Environment.GLOBAL and env not in _served(record):
+            raise NotFound(
+                f"secret {namespace}/{key} is for {record.metadata.get('environment')} only, not {env.value}"
+            )
         refusal = self._servable(record, self.core.clock())
         if refusal is not None:
             raise NotFound(f"secret {namespace}/{key} version {record.version} is {refusal}")
@@ -276,8 +312,8 @@ class SecretService:
     ) -> list[SecretVersion]:
         validate_namespace(namespace)
         validate_key(key)
-        await self._authorize(ctx, Action.SECRET_READ, env, namespace, key)
         found = await self.core.storage.secret_versions(ctx.principal.tenant_id, namespace, key)
+        await self._authorize(ctx, Action.SECRET_READ, _served(found[0]) if found else (env,), namespace, key)
         if not found:
             raise NotFound(f"secret {namespace}/{key} not found")
         return found
@@ -309,7 +345,14 @@ class SecretService:
                 continue
             if due and not self.rotation_due(record):
                 continue
-            request = policy.Request(Action.SECRET_READ, env, record.namespace)
-            if self.core.decide(ctx.principal, request, settings).allowed:
+            if env is not Environment.GLOBAL and env not in _served(record):
+                continue
+            readable = all(
+                self.core.decide(
+                    ctx.principal, policy.Request(Action.SECRET_READ, e, record.namespace), settings
+                ).allowed
+                for e in _served(record)
+            )
+            if readable:
                 out.append(record)
         return out

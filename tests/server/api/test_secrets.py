@@ -62,11 +62,13 @@ class TestSecretsApi:
         )
 
     def test_developer_not_in_production(self, tadmin: Http, make_token: MakeToken) -> None:
-        """A developer reads a secret for development but gets 403 for production."""
-        ok(tadmin.put(sec("api-keys", "dev"), {"value": PLANTED}), 201)
+        """A developer reads a development secret; a shared one (it serves production) is 403 whatever env."""
+        ok(tadmin.put(sec("api-keys", "dev", "env=development"), {"value": "sk-dev"}), 201)
+        ok(tadmin.put(sec("api-keys", "prod"), {"value": PLANTED}), 201)
         dev, _ = make_token(["developer"])
-        assert ok(dev.get(sec("api-keys", "dev", "env=development")))["value"] == PLANTED
-        assert PLANTED not in problem(dev.get(sec("api-keys", "dev", "env=production")), 403)["detail"]
+        assert ok(dev.get(sec("api-keys", "dev", "env=development")))["value"] == "sk-dev"
+        for env in ("development", "production"):
+            assert PLANTED not in problem(dev.get(sec("api-keys", "prod", f"env={env}")), 403)["detail"]
 
     def test_other_tenant_sees_nothing(self, server: ServerProcess, tadmin: Http, admin: Http) -> None:
         """Tenant B's admin can't read, list or learn of tenant A's secret: same answers as for nothing."""

@@ -186,20 +186,38 @@ class TestTampering:
 
 
 class TestPolicy:
-    async def test_developer_reads_only_outside_production(
+    async def test_developer_reads_only_secrets_kept_out_of_production(
         self, secret_services: tuple[Services, Ctx, Path]
     ) -> None:
-        """Developers read secrets for development, never for production; denials are audited."""
+        """A developer reads a development secret, never a shared one (which serves production too)."""
         services, ctx, db = secret_services
-        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.put(ctx, "api-keys", "shared", PLAIN)  # global: every environment
+        await services.secrets.put(ctx, "api-keys", "sandbox", "sk-dev", env=Environment.DEVELOPMENT)
         dev = await token_ctx(services, ctx, "developer")
-        value, _ = await services.secrets.get(dev, "api-keys", "anthropic", env=Environment.DEVELOPMENT)
-        assert value == PLAIN
-        with pytest.raises(PermissionDenied):
-            await services.secrets.get(dev, "api-keys", "anthropic", env=Environment.PRODUCTION)
-        assert rows(
+        assert (await services.secrets.get(dev, "api-keys", "sandbox", env=Environment.DEVELOPMENT))[
+            0
+        ] == "sk-dev"
+        for env in (Environment.DEVELOPMENT, Environment.PRODUCTION, Environment.GLOBAL):
+            with pytest.raises(PermissionDenied):  # naming another environment proves nothing
+                await services.secrets.get(dev, "api-keys", "shared", env=env)
+        with pytest.raises(NotFound, match="development only"):
+            await services.secrets.get(ctx, "api-keys", "sandbox", env=Environment.PRODUCTION)
+        assert [r.key for r in await services.secrets.list(dev)] == ["sandbox"]
+        denied = rows(
             db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secrets:read' AND result = 'denied'"
-        ) == [(1,)]
+        )
+        assert denied == [(3,)]
+
+    async def test_developer_cannot_take_over_a_shared_secret(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Writing a development version over a shared secret needs write access wherever it served."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "shared", PLAIN)
+        dev = await token_ctx(services, ctx, "developer")
+        with pytest.raises(PermissionDenied):
+            await services.secrets.put(dev, "api-keys", "shared", "mine", env=Environment.DEVELOPMENT)
+        await services.secrets.put(dev, "api-keys", "own", "mine", env=Environment.DEVELOPMENT)
 
     async def test_service_account_limited_to_its_namespaces(
         self, secret_services: tuple[Services, Ctx, Path]
@@ -395,3 +413,34 @@ class TestDueAndRevisions:
         assert after["secret_versions"] == [
             {"secret_ref": "api-keys/anthropic", "version": 2, "revision": rotated.revision}
         ]
+
+
+class TestReferencesRespectWhereSecretsServe:
+    async def test_developer_config_cannot_pull_a_shared_secret(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """A developer's development config referencing a production-serving secret resolves to 403."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "shared", PLAIN)
+        dev = await token_ctx(services, ctx, "developer")
+        ref = ConfigRef.parse("sandbox", "ep", "development")
+        value = {"secrets": [{"field_path": "$.key", "secret_ref": "api-keys/shared"}]}
+        await services.configs.put(dev, ref, value)
+        with pytest.raises(PermissionDenied, match="api-keys/shared") as err:
+            await services.configs.get(dev, ref, resolve=True)
+        assert PLAIN not in err.value.detail
+
+    async def test_development_secret_is_not_injected_into_production(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """A config resolved for production may not use a secret kept for development."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "sandbox", "sk-dev", env=Environment.DEVELOPMENT)
+        ref = ConfigRef.parse("gw", "ep", "global")
+        await services.configs.put(
+            ctx, ref, {"secrets": [{"field_path": "$.key", "secret_ref": "api-keys/sandbox"}]}
+        )
+        with pytest.raises(NotFound, match="development only"):
+            await services.configs.get(ctx, ConfigRef.parse("gw", "ep", "production"), resolve=True)
+        dev_view = await services.configs.get(ctx, ConfigRef.parse("gw", "ep", "development"), resolve=True)
+        assert dev_view.body["value"]["key"] == "sk-dev"
