@@ -202,14 +202,26 @@ async def _serve(config: ServerConfig) -> None:
             vault = await stack.enter_async_context(VaultKeyProvider(_vault_settings(config)))
             keys = vault
         else:
-            if not config.master_key:
-                create_master_key_file(config.master_key_path)  # no-op when it exists
+            if not config.master_key and not config.master_key_path.exists():
+                if await store.tenants_with_secrets():
+                    # a new key could open none of the stored KEKs: refuse rather than start blind
+                    raise click.ClickException(
+                        f"master key file {config.master_key_path} is missing, but the store holds "
+                        "secrets; restore the file or set LLMCM_MASTER_KEY"
+                    )
+                create_master_key_file(config.master_key_path)
             keys = LocalKeyProvider(
                 store,
                 load_master_key(config.master_key, config.master_key_path),
                 max_encryptions=config.kek_max_encryptions,
             )
         services = Services.build(store, max_value_bytes=config.max_body_bytes, keys=keys)
+        if not config.tls and config.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "secrets_served_without_tls",
+                host=config.host,
+                hint="secret values and tokens cross the network in clear text: set --tls-cert and --tls-key",
+            )
         verifier: JwtVerifier | None = None
         if config.jwt:
             verifier = await stack.enter_async_context(JwtVerifier(_jwt_settings(config)))

@@ -82,7 +82,10 @@ async def get_config(request: web.Request) -> web.Response:
     etag = result.etag
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    return web.Response(body=result.encoded, content_type=JSON_TYPE, headers={"ETag": etag})
+    headers = {"ETag": etag}
+    if "secret_versions" in result.body:  # plaintext secrets injected: never stored by a cache
+        headers["Cache-Control"] = "no-store"
+    return web.Response(body=result.encoded, content_type=JSON_TYPE, headers=headers)
 
 
 async def put_config(request: web.Request) -> web.Response:

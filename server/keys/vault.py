@@ -214,6 +214,9 @@ class VaultKeyProvider:
             )
             dek = base64.b64decode(str(reply["data"]["plaintext"]), validate=True)
         except _VaultFailed as exc:
+            if exc.status is None or exc.status >= 500 or exc.status in (403, 429):
+                # unreachable, sealed, overloaded or our token refused: an outage, not tampering
+                raise Unavailable(f"Vault transit decrypt with {mount}/{name} failed: {exc.reason}") from None
             raise DecryptionFailed(
                 f"wrapped data key: Vault transit decrypt with {mount}/{name} v{wrapped.kek_version} "
                 f"failed ({exc.reason}); tampered, moved from another record, or Vault refused the request"

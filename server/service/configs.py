@@ -233,7 +233,11 @@ class ConfigService:
         plaintexts = []
         versions = []
         used: list[dict[str, Any]] = []
+        opened: dict[str, tuple[str, Any]] = {}  # one read per secret, however often referenced
         for secret in result.refs:
+            if secret.name in opened:
+                plaintexts.append((secret, opened[secret.name][0]))
+                continue
             try:
                 plaintext, record = await self.secrets.get(
                     ctx, secret.namespace, secret.key, env=ref.environment
@@ -250,6 +254,7 @@ class ConfigService:
                     f"config {ref.namespace}/{ref.key} references secret {secret.name}: {exc.detail}",
                     secret_ref=secret.name,
                 ) from None
+            opened[secret.name] = (plaintext, record)
             plaintexts.append((secret, plaintext))
             versions.append(f"{secret.name}@{record.version}")
             used.append({"secret_ref": secret.name, "version": record.version, "revision": record.revision})

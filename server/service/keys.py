@@ -21,6 +21,7 @@ from server.service import policy
 from server.service.core import Core, Ctx
 from server.service.policy import Action
 from server.service.secrets import SecretService, secret_aad
+from server.storage import AuditDraft
 from shared.crypto import DecryptionFailed, WrappedKey
 from shared.errors import LLMConfigError, NotFound, Unavailable
 
@@ -93,38 +94,56 @@ class KeyService:
         provider = self._provider()
         current = await provider.current_version(tenant_id)
         moved = 0
+        cursor = 0  # by revision: a row that can't be re-wrapped is passed over, not retried forever
         pause = 1.0 / rate if rate > 0 else 0.0
         while limit is None or moved < limit:
-            batch = await self.core.storage.secrets_below_kek(tenant_id, current, limit=_BATCH)
+            batch = await self.core.storage.secrets_below_kek(
+                tenant_id, current, limit=_BATCH, after_revision=cursor
+            )
             if not batch:
                 break
             for record in batch:
-                aad = secret_aad("dek", tenant_id, record.namespace, record.key, record.version)
+                cursor = record.revision
+                env = str(record.metadata.get("environment", "global"))
+                aad = secret_aad("dek", tenant_id, record.namespace, record.key, record.version, env)
                 old = WrappedKey(record.kek_id, record.kek_version, record.wrapped_dek)
                 try:
                     async with self.core.storage.write(tenant_id) as tx:
                         new = await provider.rewrap(tx, tenant_id, old, aad)
                         await tx.set_secret_wrapping(tenant_id, record, new.kek_version, new.blob)
-                    self.secrets.forget(tenant_id)
                 except DecryptionFailed as exc:
-                    # a tampered row can't be re-wrapped; leave it for a read to report, go on
-                    log.error(
-                        "rewrap_failed",
-                        tenant=tenant_id,
-                        secret=f"{record.namespace}/{record.key}",
-                        version=record.version,
-                        error=exc.code,
-                    )
-                    current_rows = await self.core.storage.secrets_below_kek(tenant_id, current, limit=_BATCH)
-                    if current_rows and current_rows[0] == record:
-                        return moved  # only broken rows are left
+                    # tampered or moved: it stays behind (status shows it pending) and is audited
+                    await self._audit_tamper(tenant_id, record, exc)
                     continue
+                self.secrets.forget(tenant_id)
                 moved += 1
                 if pause:
                     await asyncio.sleep(pause)
                 if limit is not None and moved >= limit:
                     break
         return moved
+
+    async def _audit_tamper(self, tenant_id: str, record: Any, exc: DecryptionFailed) -> None:
+        log.error(
+            "rewrap_failed",
+            tenant=tenant_id,
+            secret=f"{record.namespace}/{record.key}",
+            version=record.version,
+            error=exc.code,
+        )
+        await self.core.audit(
+            tenant_id,
+            AuditDraft(
+                time=self.core.now_iso(),
+                tenant_id=tenant_id,
+                actor="system:rewrap",
+                action="keys:rewrap",
+                resource=f"secret/{record.namespace}/{record.key}",
+                result="tamper_detected",
+                request_id="rewrap",
+                metadata={"version": record.version, "error": exc.detail},
+            ),
+        )
 
 
 class Rewrapper:

@@ -38,8 +38,19 @@ MAX_SECRET_BYTES = 64 * 1024
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
-def secret_aad(purpose: str, tenant_id: str, namespace: str, key: str, version: int) -> bytes:
-    return aad_for(purpose=purpose, tenant=tenant_id, namespace=namespace, key=key, version=version)
+def secret_aad(
+    purpose: str, tenant_id: str, namespace: str, key: str, version: int, environment: str
+) -> bytes:
+    """Binds the value (and its data key) to its row and to the environment it serves, so
+    editing that environment in the database makes the value unreadable, not readable by more."""
+    return aad_for(
+        purpose=purpose,
+        tenant=tenant_id,
+        namespace=namespace,
+        key=key,
+        version=version,
+        environment=environment,
+    )
 
 
 def served_environments(env: Environment | str | None) -> tuple[Environment, ...]:
@@ -47,6 +58,10 @@ def served_environments(env: Environment | str | None) -> tuple[Environment, ...
     if env is None or Environment(env) is Environment.GLOBAL:
         return tuple(Environment)
     return (Environment(env),)
+
+
+def _environment(record: SecretVersion) -> str:
+    return str(record.metadata.get("environment", Environment.GLOBAL.value))
 
 
 def _served(record: SecretVersion | None) -> tuple[Environment, ...]:
@@ -150,9 +165,9 @@ class SecretService:
             if interval:
                 meta["rotation_interval"] = interval
             dek = new_key()
-            sealed = seal(dek, plaintext, secret_aad("secret", tenant_id, namespace, key, version))
+            sealed = seal(dek, plaintext, secret_aad("secret", tenant_id, namespace, key, version, env.value))
             wrapped = await provider.wrap(
-                tx, tenant_id, dek, secret_aad("dek", tenant_id, namespace, key, version)
+                tx, tenant_id, dek, secret_aad("dek", tenant_id, namespace, key, version, env.value)
             )
             record = SecretVersion(
                 namespace=namespace,
@@ -282,12 +297,12 @@ class SecretService:
             dek = await provider.unwrap(
                 tenant_id,
                 WrappedKey(record.kek_id, record.kek_version, record.wrapped_dek),
-                secret_aad("dek", tenant_id, namespace, key, record.version),
+                secret_aad("dek", tenant_id, namespace, key, record.version, _environment(record)),
             )
             plaintext = open_sealed(
                 dek,
                 unb64(record.ciphertext, "secret ciphertext"),
-                secret_aad("secret", tenant_id, namespace, key, record.version),
+                secret_aad("secret", tenant_id, namespace, key, record.version, _environment(record)),
                 f"secret {namespace}/{key} version {record.version}",
             )
         except DecryptionFailed as exc:

@@ -190,8 +190,11 @@ class Storage(Protocol):
         """The newest version of every secret of the tenant."""
         ...
 
-    async def secrets_below_kek(self, tenant_id: str, kek_version: int, *, limit: int) -> list[SecretVersion]:
-        """Secret versions whose data key is wrapped by a KEK version older than ``kek_version``."""
+    async def secrets_below_kek(
+        self, tenant_id: str, kek_version: int, *, limit: int, after_revision: int = 0
+    ) -> list[SecretVersion]:
+        """Secret versions wrapped by a KEK version older than ``kek_version``, by revision after
+        ``after_revision``."""
         ...
 
     async def secret_kek_counts(self, tenant_id: str) -> dict[int, int]:

@@ -10,6 +10,7 @@ sqlite3 errors are translated to ``StorageError`` here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -531,10 +532,18 @@ class SQLiteStorage:
         is only ever used under that lock, by one thread at a time.
         """
         async with self._write_lock:
+            work = asyncio.get_running_loop().run_in_executor(
+                None, self._append_audit_batch_sync, chain, drafts
+            )
             try:
-                return await asyncio.to_thread(self._append_audit_batch_sync, chain, drafts)
+                return await asyncio.shield(work)
             except sqlite3.Error as exc:
                 raise _translate(exc, "writing the audit log") from exc
+            except asyncio.CancelledError:
+                # keep the lock until the thread is done with the connection, then go on cancelling
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
 
     def _append_audit_batch_sync(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
         if self._batch_conn is None:
@@ -758,11 +767,13 @@ class SQLiteStorage:
         )
         return [_secret(r) for r in rows]
 
-    async def secrets_below_kek(self, tenant_id: str, kek_version: int, *, limit: int) -> list[SecretVersion]:
+    async def secrets_below_kek(
+        self, tenant_id: str, kek_version: int, *, limit: int, after_revision: int = 0
+    ) -> list[SecretVersion]:
         rows = await self._all(
             f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND kek_version < ? "
-            "ORDER BY revision LIMIT ?",
-            (tenant_id, kek_version, limit),
+            "AND revision > ? ORDER BY revision LIMIT ?",
+            (tenant_id, kek_version, after_revision, limit),
         )
         return [_secret(r) for r in rows]
 

@@ -159,3 +159,17 @@ class TestFailClosedAudit:
         current = http.get("/v1/configs/audit/fc/k?env=global").json
         assert current["value"] == {"v": 1}
         assert current["version"] == 1
+
+
+class TestMasterKey:
+    def test_serve_refuses_to_replace_a_lost_master_key(self, fresh_server: ServerProcess) -> None:
+        """With secrets stored and master.key gone, serve exits with one line instead of making a new key."""
+        reply = fresh_server.admin.put("/v1/secrets/api-keys/x", {"value": "v"})
+        assert reply.status == 201
+        fresh_server.stop()
+        (fresh_server.data_dir / "master.key").unlink()
+        out = run("serve", "--data", str(fresh_server.data_dir), "--port", str(fresh_server.port))
+        assert out.returncode == 1
+        assert "master key file" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (fresh_server.data_dir / "master.key").exists()

@@ -156,6 +156,11 @@ class TestTampering:
                 "secret_versions WHERE key = 'openai') WHERE key = 'anthropic'",
             ),
             (
+                "environment relabelled",
+                "UPDATE secret_versions SET metadata = json_set(metadata, '$.environment', 'development') "
+                "WHERE key = 'anthropic'",
+            ),
+            (
                 "row moved to another key",
                 "UPDATE secret_versions SET (ciphertext, wrapped_dek, kek_version) = "
                 "(SELECT ciphertext, wrapped_dek, kek_version FROM secret_versions WHERE key = 'openai') "
@@ -372,6 +377,23 @@ class TestKeyRotation:
         assert (await services.keys.status(ctx))["rewrap_pending"] == 0
         for i in range(5):
             assert (await services.secrets.get(ctx, "rot", f"k{i}"))[0] == f"value-{i}"
+
+    async def test_broken_row_is_passed_over_and_audited(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """A tampered wrapped key doesn't stall the rewrap: the others move, it stays pending, audited."""
+        services, ctx, db = secret_services
+        await self._secrets(services, ctx, 4)
+        tamper(
+            db, "UPDATE secret_versions SET wrapped_dek = 'AAAA' || substr(wrapped_dek, 5) WHERE key = 'k0'"
+        )
+        await services.keys.rotate(ctx)
+        assert await services.keys.rewrap_tenant(ctx.principal.tenant_id, rate=0) == 3
+        assert (await services.keys.status(ctx))["rewrap_pending"] == 1
+        audited = rows(
+            db, "SELECT resource FROM audit_log WHERE action = 'keys:rewrap' AND result = 'tamper_detected'"
+        )
+        assert audited == [("secret/rot/k0",)]
 
     async def test_only_admins_rotate(self, secret_services: tuple[Services, Ctx, Path]) -> None:
         """Operators, developers and scoped tokens can't rotate keys."""
