@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api import admin, configs, keys, secrets
+from server.api import admin, changes, configs, keys, secrets
 from server.api.http import CTX_KEY, MAX_BODY, SERVICES, json_response
 from server.api.metrics import RequestMetrics
 from server.api.openapi import build_openapi
@@ -179,5 +179,6 @@ def create_app(
     configs.add_routes(app)
     secrets.add_routes(app)
     keys.add_routes(app)
+    changes.add_routes(app)
     app[OPENAPI] = json.dumps(build_openapi()).encode()
     return app

@@ -303,6 +303,35 @@ def _paths() -> dict[str, Any]:
                 tag="secrets",
             )
         },
+        "/v1/changes": {
+            "get": _op(
+                "Long-poll: every config change after a revision the caller may read, or at the deadline "
+                "an empty list with the current revision",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"revision": {"type": "integer"}, "changes": {"type": "array"}},
+                        }
+                    ),
+                    **_problems(400, *_AUTH),
+                },
+                params=[
+                    _param(
+                        "since", "query", {"type": "integer", "minimum": 0}, "Changes after this revision"
+                    ),
+                    _param(
+                        "wait",
+                        "query",
+                        {"type": "string"},
+                        "How long to wait for one: 30s, 500ms, 2m (max 5m)",
+                    ),
+                    _param("prefix", "query", {"type": "string"}, "Namespace prefix"),
+                    _param("env", "query", {"type": "string"}, "Only this environment's rows"),
+                ],
+                tag="watch",
+            )
+        },
         "/v1/keys/rotate": {
             "post": _op(
                 "Add a key-encryption-key version; existing data keys are re-wrapped in the background",

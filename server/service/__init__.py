@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from server.keys import KeyProvider
 from server.service.audit import AuditService
+from server.service.changes import ChangeFeed, ChangeHub
 from server.service.configs import ConfigService
 from server.service.core import Clock, Core, Ctx, utc_now
 from server.service.keys import KeyService
@@ -26,6 +27,7 @@ class Services:
     audit: AuditService
     secrets: SecretService
     keys: KeyService
+    changes: ChangeFeed
 
     @classmethod
     def build(
@@ -39,12 +41,16 @@ class Services:
         core = Core(storage, clock=clock)
         schemas = SchemaService(core)
         secrets = SecretService(core, keys)
+        configs = ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets)
+        hub = ChangeHub()
+        configs.commit_listeners.append(hub.notify)
         return cls(
             core=core,
             tenants=TenantService(core),
             schemas=schemas,
-            configs=ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets),
+            configs=configs,
             audit=AuditService(core),
             secrets=secrets,
             keys=KeyService(core, keys, secrets),
+            changes=ChangeFeed(core, configs, hub),
         )

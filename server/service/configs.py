@@ -137,6 +137,7 @@ class ConfigService:
         secrets: SecretService | None = None,
     ) -> None:
         self.secrets = secrets
+        self.commit_listeners: list[Callable[[str], None]] = []  # called with the tenant after a commit
         self.core = core
         self.schemas = schemas
         self.max_value_bytes = max_value_bytes
@@ -652,6 +653,8 @@ class ConfigService:
                 ),
             )
         self._invalidate(tenant_id)
+        for listener in self.commit_listeners:
+            listener(tenant_id)
         return WriteResult(new, changed=True)
 
     async def changes_since(self, ctx: Ctx, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
