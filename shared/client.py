@@ -216,6 +216,16 @@ class RestClient:
     ) -> dict[str, Any]:
         return await self._obj("GET", "/v1/secrets", params={"prefix": prefix, **_env(env), "due": due})
 
+    # -- changes ---------------------------------------------------------------------------
+
+    async def changes(
+        self, since: int, *, wait: str | None = None, prefix: str | None = None, env: str | None = None
+    ) -> dict[str, Any]:
+        """Long-poll: changes after ``since`` (the request may take up to ``wait``)."""
+        return await self._obj(
+            "GET", "/v1/changes", params={"since": since, "wait": wait, "prefix": prefix, **_env(env)}
+        )
+
     # -- keys ------------------------------------------------------------------------------
 
     async def rotate_key(self, *, tenant_id: str | None = None) -> dict[str, Any]:

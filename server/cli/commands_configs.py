@@ -7,6 +7,8 @@ usage works as written, e.g. ``llm-config get llm-gateway/routing primary-model 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from typing import IO, Any
 
@@ -22,7 +24,7 @@ from server.cli.output import (
     short_time,
     table,
 )
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, NotFound
 from shared.models import CLASSIFICATIONS, parse_environment, validate_key, validate_namespace
 
 
@@ -361,3 +363,53 @@ def delete(
 
 
 COMMANDS = [get, resolve, set_, list_, history, diff, rollback, delete]
+
+
+@click.command()
+@namespace_arg
+@key_arg
+@env_option
+@click.option("--since", type=click.IntRange(min=0), help="Start after this revision (default: now).")
+@click.option("--count", type=positive, help="Stop after this many changes.")
+@json_option
+@pass_app
+def watch(
+    app: App, namespace: str, key: str, env: str | None, since: int | None, count: int | None, as_json: bool
+) -> None:
+    """Print the resolved value of NAMESPACE KEY now and after every change (Ctrl-C stops)."""
+    environment = env or "global"
+
+    async def follow(client: Any) -> None:
+        shown = 0
+        cursor = since
+        if cursor is None:
+            cursor = int((await client.changes(0, prefix=namespace))["revision"])
+            await show(client, None)
+        while count is None or shown < count:
+            # long-poll; the server returns at the first change it can show us, or after 25 s
+            answer = await client.changes(cursor, wait="25s", prefix=namespace)
+            cursor = int(answer["revision"])
+            ours = [c for c in answer["changes"] if c["namespace"] == namespace and c["key"] == key]
+            if ours:
+                await show(client, ours[-1])
+                shown += 1
+
+    async def show(client: Any, change: dict[str, Any] | None) -> None:
+        try:
+            body = await client.get_config(namespace, key, env=environment, resolve=True)
+        except NotFound:
+            body = {"namespace": namespace, "key": key, "environment": environment, "deleted": True}
+        if as_json:
+            click.echo(json.dumps(body, ensure_ascii=False))
+            return
+        when = f"revision {body.get('revision')}" if "revision" in body else "no value"
+        cause = f" ({change['type']} in {change['environment']})" if change else ""
+        click.echo(f"-- {namespace}/{key} in {environment}: {when}{cause}")
+        if "value" in body:
+            click.echo(pretty(body["value"]))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        app.run(follow, timeout=60.0)
+
+
+COMMANDS.append(watch)

@@ -139,12 +139,19 @@ class App:
             )
         return Target(server, token)
 
-    def run(self, work: Callable[[RestClient], Awaitable[T]], target: Target | None = None) -> T:
+    def run(
+        self,
+        work: Callable[[RestClient], Awaitable[T]],
+        target: Target | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> T:
         """Open a client on the target, run ``work`` with it, always close it."""
         where = target or self.target()
 
         async def go() -> T:
-            async with RestClient(where.server, where.token) as client:
+            extra = {"timeout": timeout} if timeout is not None else {}
+            async with RestClient(where.server, where.token, **extra) as client:
                 return await work(client)
 
         return asyncio.run(go())

@@ -117,7 +117,10 @@ class ChangeFeed:
             ]
             remaining = deadline - loop.time()
             if picked or remaining <= 0 or (current > since and not rows):
-                last = rows[-1].revision if len(rows) >= MAX_CHANGES else max(current, since)
+                if len(rows) >= MAX_CHANGES:  # truncated: resume right after the last row returned
+                    last = rows[-1].revision
+                else:  # rows read after ``current`` may already go past it
+                    last = max(current, since, rows[-1].revision if rows else 0)
                 return {"revision": last, "changes": [_change(r) for r in picked]}
             if rows:  # changes exist but none the caller wants: move past them and keep waiting
                 since = rows[-1].revision
