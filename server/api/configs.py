@@ -17,6 +17,7 @@ from server.api.http import (
     if_match_version,
     json_body,
     json_response,
+    path_names,
     query_bool,
     query_int,
     services_of,
@@ -29,23 +30,8 @@ PREFIX = "/v1/configs/"
 
 def config_ref(request: web.Request, suffix: str | None = None) -> ConfigRef:
     """The (namespace, key, env) a request names; ``suffix`` is a sub-resource after the key."""
-    raw = request.raw_path.split("?", 1)[0]
-    if not raw.startswith(PREFIX):
-        raise InvalidInput("config path must be /v1/configs/{namespace}/{key}")
-    tail = raw[len(PREFIX) :]
-    if "%" in tail or "\\" in tail or "\x00" in tail:
-        raise InvalidInput(
-            "namespace and key may not contain percent-encoded characters, backslashes or NUL; "
-            "use plain a-z, 0-9, '-', '_' and '/'"
-        )
-    segments = tail.split("/")
-    if suffix is not None:
-        if segments[-1] != suffix:
-            raise InvalidInput(f"expected a path ending in /{suffix}")
-        segments = segments[:-1]
-    if len(segments) < 2:
-        raise InvalidInput("config path must be /v1/configs/{namespace}/{key}")
-    return ConfigRef.parse("/".join(segments[:-1]), segments[-1], request.query.get("env"))
+    namespace, key = path_names(request, PREFIX, suffix)
+    return ConfigRef.parse(namespace, key, request.query.get("env"))
 
 
 _GetArgs = tuple[ConfigRef, int | None, bool, bool]

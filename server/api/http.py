@@ -95,6 +95,33 @@ def body_str(body: dict[str, Any], name: str, *, default: str = "", limit: int =
     return value
 
 
+def path_names(request: web.Request, prefix: str, suffix: str | None = None) -> tuple[str, str]:
+    """(namespace, key) from the *raw* path ``{prefix}{namespace}/{key}[/{suffix}]``, unvalidated.
+
+    Checked before anything is decoded: percent-encoded bytes, backslashes and NUL are
+    refused here, so ``..%2f`` and its double-encoded cousins never reach a handler. The
+    caller validates both names (shared.models), which also refuses dot segments.
+    """
+    raw = request.raw_path.split("?", 1)[0]
+    usage = f"path must be {prefix}{{namespace}}/{{key}}" + (f"/{suffix}" if suffix else "")
+    if not raw.startswith(prefix):
+        raise InvalidInput(usage)
+    tail = raw[len(prefix) :]
+    if "%" in tail or "\\" in tail or "\x00" in tail:
+        raise InvalidInput(
+            "namespace and key may not contain percent-encoded characters, backslashes or NUL; "
+            "use plain a-z, 0-9, '-', '_' and '/'"
+        )
+    segments = tail.split("/")
+    if suffix is not None:
+        if segments[-1] != suffix:
+            raise InvalidInput(usage)
+        segments = segments[:-1]
+    if len(segments) < 2:
+        raise InvalidInput(usage)
+    return "/".join(segments[:-1]), segments[-1]
+
+
 def if_match_version(request: web.Request) -> int | None:
     """``If-Match: 3`` or ``If-Match: "3"`` as an expected version."""
     raw = request.headers.get("If-Match")

@@ -17,6 +17,7 @@ from server.api.http import (
     ctx_of,
     json_body,
     json_response,
+    path_names,
     query_bool,
     query_int,
     services_of,
@@ -29,18 +30,8 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def secret_path(request: web.Request, suffix: str | None = None) -> tuple[str, str]:
-    raw = request.raw_path.split("?", 1)[0]
-    tail = raw[len(PREFIX) :] if raw.startswith(PREFIX) else ""
-    if "%" in tail or "\\" in tail or "\x00" in tail:
-        raise InvalidInput("namespace and key may not contain percent-encoded characters, backslashes or NUL")
-    segments = tail.split("/")
-    if suffix is not None:
-        if segments[-1] != suffix:
-            raise InvalidInput(f"expected a path ending in /{suffix}")
-        segments = segments[:-1]
-    if len(segments) < 2:
-        raise InvalidInput("secret path must be /v1/secrets/{namespace}/{key}")
-    return validate_namespace("/".join(segments[:-1])), validate_key(segments[-1])
+    namespace, key = path_names(request, PREFIX, suffix)
+    return validate_namespace(namespace), validate_key(key)
 
 
 def _version_dict(record: Any) -> dict[str, Any]:
