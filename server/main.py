@@ -31,6 +31,7 @@ from server.storage import open_storage
 from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import LLMConfigError
 from shared.logs import configure_logging
+from shared.models import redact_url
 
 log = structlog.get_logger("llmcm.server")
 
@@ -91,7 +92,7 @@ def init(
     if as_json:
         click.echo(json.dumps({"tenant_id": tenant_id, "token": token}))
         return
-    click.echo(f"Initialized store: {config.storage_url if config.storage else config.data_dir}")
+    click.echo(f"Initialized store: {redact_url(config.storage_url) if config.storage else config.data_dir}")
     click.echo(f"Tenant: {tenant_name} ({tenant_id})")
     click.echo("Global-admin token (shown once; keep it secret):")
     click.echo(token)
@@ -179,7 +180,8 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
 def _init_hint(config: ServerConfig) -> tuple[str, str]:
     """Where the store is, and the init command that creates it, as the user would name them."""
     if config.storage:
-        return config.storage, f"llm-config-server init --storage {config.storage}"
+        shown = redact_url(config.storage)
+        return shown, f"llm-config-server init --storage {shown}"
     return str(config.data_dir), f"llm-config-server init --data {config.data_dir}"
 
 

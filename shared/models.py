@@ -126,6 +126,17 @@ def parse_json(data: str | bytes, source: str) -> Any:
         raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
 
 
+def redact_url(url: str) -> str:
+    """A URL safe to print: any user-info (``user:password@``) is replaced by ``***@``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def canonical_json(value: Any) -> bytes:
     """The byte form hashed and compared everywhere: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

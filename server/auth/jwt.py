@@ -32,6 +32,7 @@ import jwt
 import structlog
 
 from shared.errors import InvalidInput, Unauthenticated, Unavailable
+from shared.models import redact_url
 
 log = structlog.get_logger("llmcm.auth")
 
@@ -176,7 +177,7 @@ class JwtVerifier:
         except (InvalidInput, Unavailable) as exc:
             if not self._is_url:
                 raise
-            log.warning("jwks_unavailable", source=self.settings.jwks, error=exc.detail)
+            log.warning("jwks_unavailable", source=redact_url(self.settings.jwks), error=exc.detail)
 
     async def _read(self) -> bytes:
         source = self.settings.jwks
@@ -204,7 +205,7 @@ class JwtVerifier:
         self._attempted_at = self._clock()
         keys = parse_jwks(await self._read(), self.settings.jwks)
         self._keys, self._loaded_at = keys, self._clock()
-        log.info("jwks_loaded", source=self.settings.jwks, kids=sorted(k or "" for k in keys))
+        log.info("jwks_loaded", source=redact_url(self.settings.jwks), kids=sorted(k or "" for k in keys))
 
     async def _refresh(self) -> None:
         """Re-read the key set unless that was tried within ``refresh_interval``.
@@ -218,7 +219,9 @@ class JwtVerifier:
                 try:
                     await self._load()
                 except (InvalidInput, Unavailable) as exc:
-                    log.warning("jwks_refresh_failed", source=self.settings.jwks, error=exc.detail)
+                    log.warning(
+                        "jwks_refresh_failed", source=redact_url(self.settings.jwks), error=exc.detail
+                    )
         if self._keys is None:
             raise Unavailable(
                 "cannot verify the JWT: the key set (JWKS) could not be loaded; see server logs"

@@ -3,7 +3,7 @@
 import pytest
 
 from shared.errors import InvalidInput
-from shared.models import Environment, parse_environment, validate_key, validate_namespace
+from shared.models import Environment, parse_environment, redact_url, validate_key, validate_namespace
 
 
 class TestNames:
@@ -69,3 +69,19 @@ class TestEnvironments:
         """An unknown environment is a 400 that names the allowed values."""
         with pytest.raises(InvalidInput, match="production"):
             parse_environment("qa")
+
+
+class TestRedactUrl:
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("postgresql://app:s3cret@db:5432/llmcm", "postgresql://***@db:5432/llmcm"),
+            ("https://user@idp.example/jwks", "https://***@idp.example/jwks"),
+            ("https://idp.example/a@b", "https://idp.example/a@b"),
+            ("sqlite:////var/lib/llmcm.db", "sqlite:////var/lib/llmcm.db"),
+            ("/etc/jwks.json", "/etc/jwks.json"),
+        ],
+    )
+    def test_credentials_never_shown(self, url: str, shown: str) -> None:
+        """User-info in a URL is replaced; paths, hosts and URLs without credentials are kept."""
+        assert redact_url(url) == shown
