@@ -328,6 +328,12 @@ def _paths() -> dict[str, Any]:
                     ),
                     _param("prefix", "query", {"type": "string"}, "Namespace prefix"),
                     _param("env", "query", {"type": "string"}, "Only this environment's rows"),
+                    _param(
+                        "format",
+                        "query",
+                        {"type": "string", "enum": ["changes", "cloudevents"]},
+                        "cloudevents: the changes as CloudEvents 1.0 structured JSON under 'events'",
+                    ),
                 ],
                 tag="watch",
             )

@@ -74,10 +74,30 @@ def _change(version: ConfigVersion) -> dict[str, Any]:
         "version": version.version,
         "change_type": version.change_type.value,
         "sha256": version.sha256,
+        "time": version.created_at,
     }
     if not version.tombstone:
         out["value"] = version.value
     return out
+
+
+_EVENT_TYPES = {"create": "created", "update": "updated", "rollback": "updated", "delete": "deleted"}
+
+
+def as_cloudevent(tenant_id: str, change: dict[str, Any]) -> dict[str, Any]:
+    """One change as a CloudEvents 1.0 structured-mode JSON event."""
+    return {
+        "specversion": "1.0",
+        "id": f"{tenant_id}/{change['revision']}",
+        "source": f"/llm-config-manager/tenants/{tenant_id}",
+        "type": f"com.llmconfig.config.{_EVENT_TYPES[change['change_type']]}",
+        "subject": f"{tenant_id}/{change['namespace']}/{change['key']}",
+        "time": change["time"],
+        "datacontenttype": "application/json",
+        "environment": change["environment"],
+        "revision": change["revision"],
+        "data": change,
+    }
 
 
 class ChangeFeed:

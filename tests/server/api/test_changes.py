@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
+from cloudevents.http import from_json
 
 from tests.server.api.conftest import MakeToken
 from tests.server.api.helpers import cfg, ok, problem
@@ -81,3 +83,22 @@ class TestLongPoll:
     def test_bad_parameters_are_400(self, tadmin: Http, query: str) -> None:
         """Malformed revisions, waits, environments and prefixes are refused with a clear 400."""
         problem(tadmin.get(f"/v1/changes?{query}"), 400)
+
+
+class TestCloudEvents:
+    def test_changes_as_cloudevents_parse_with_the_sdk(self, tadmin: Http, tenant: dict[str, str]) -> None:
+        """format=cloudevents gives CloudEvents 1.0 events the official SDK reads, with type and subject."""
+        ok(tadmin.put(cfg("ce", "k"), {"value": {"a": 1}}), 201)
+        ok(tadmin.put(cfg("ce", "k"), {"value": {"a": 2}}))
+        ok(tadmin.delete(cfg("ce", "k")))
+        got = poll(tadmin, 0, "&format=cloudevents")
+        events = [from_json(json.dumps(e)) for e in got["events"]]  # type: ignore[union-attr]
+        assert [e["type"] for e in events] == [
+            "com.llmconfig.config.created",
+            "com.llmconfig.config.updated",
+            "com.llmconfig.config.deleted",
+        ]
+        assert {e["subject"] for e in events} == {f"{tenant['id']}/ce/k"}
+        assert len({e["id"] for e in events}) == 3
+        assert events[1].data["value"] == {"a": 2}
+        assert events[0]["source"] == f"/llm-config-manager/tenants/{tenant['id']}"
