@@ -222,6 +222,22 @@ class Core:
             await self.deny(ctx, request, decision, resource)
         return decision
 
+    async def target_tenant(self, ctx: Ctx, tenant_id: str | None, own: policy.Action, what: str) -> str:
+        """The caller's tenant (needing ``own``), or another one only with tenant:manage.
+
+        Authorization comes before the lookup, so a caller who may not manage tenants
+        learns nothing about whether another tenant exists.
+        """
+        if tenant_id is None or tenant_id == ctx.principal.tenant_id:
+            await self.authorize(ctx, policy.Request(own), what)
+            return ctx.principal.tenant_id
+        await self.authorize(
+            ctx, policy.Request(policy.Action.TENANT_MANAGE), f"tenant/{tenant_id[:64]}/{what}"
+        )
+        if await self.storage.get_tenant(tenant_id) is None:
+            raise NotFound("tenant not found")
+        return tenant_id
+
     async def deny(self, ctx: Ctx, request: policy.Request, decision: Decision, resource: object) -> NoReturn:
         name = resource if isinstance(resource, str) else f"config/{resource}"
         await self.audit(

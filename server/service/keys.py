@@ -17,13 +17,12 @@ from typing import Any
 import structlog
 
 from server.keys import KeyProvider
-from server.service import policy
 from server.service.core import Core, Ctx
 from server.service.policy import Action
 from server.service.secrets import SecretService, secret_aad
 from server.storage import AuditDraft
 from shared.crypto import DecryptionFailed, WrappedKey
-from shared.errors import LLMConfigError, NotFound, Unavailable
+from shared.errors import LLMConfigError, Unavailable
 
 log = structlog.get_logger("llmcm.keys")
 _BATCH = 100
@@ -42,13 +41,7 @@ class KeyService:
         return self.keys
 
     async def _tenant(self, ctx: Ctx, tenant_id: str | None) -> str:
-        if tenant_id is None or tenant_id == ctx.principal.tenant_id:
-            await self.core.authorize(ctx, policy.Request(Action.KEY_MANAGE), "keys")
-            return ctx.principal.tenant_id
-        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), f"tenant/{tenant_id[:64]}/keys")
-        if await self.core.storage.get_tenant(tenant_id) is None:
-            raise NotFound("tenant not found")
-        return tenant_id
+        return await self.core.target_tenant(ctx, tenant_id, Action.KEY_MANAGE, "keys")
 
     async def rotate(self, ctx: Ctx, tenant_id: str | None = None) -> dict[str, Any]:
         provider = self._provider()

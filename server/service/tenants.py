@@ -395,14 +395,7 @@ class TenantService:
         return token, record
 
     async def _target_tenant(self, ctx: Ctx, tenant_id: str | None) -> str:
-        """Own tenant by default; another tenant only for global-admin, without revealing it exists."""
-        if tenant_id is None or tenant_id == ctx.principal.tenant_id:
-            await self.core.authorize(ctx, policy.Request(Action.TOKEN_MANAGE), "tokens")
-            return ctx.principal.tenant_id
-        await self.core.authorize(ctx, policy.Request(Action.TENANT_MANAGE), f"tenant/{tenant_id}/tokens")
-        if await self.core.storage.get_tenant(tenant_id) is None:
-            raise NotFound("tenant not found")
-        return tenant_id
+        return await self.core.target_tenant(ctx, tenant_id, Action.TOKEN_MANAGE, "tokens")
 
     async def create_token(
         self,
