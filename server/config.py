@@ -68,6 +68,7 @@ class ServerConfig:
     master_key_file: str = ""
     kek_max_encryptions: int = 2**30
     rewrap_rate: float = 200.0  # data keys re-wrapped per second after a KEK rotation
+    allow_insecure_secrets: bool = False  # serve secret values over plain HTTP to remote peers
     # key provider: "local" (above) or "vault" (HashiCorp Vault Transit, README: Vault);
     # auth by vault_token, or AppRole with vault_role_id + vault_secret_id
     key_provider: str = "local"
@@ -197,7 +198,7 @@ class ServerConfig:
                 return number
             if name in ("shutdown_timeout", "jwt_leeway", "rewrap_rate"):
                 return float(value)
-            if name == "jwt_allow_global_admin":
+            if name in ("jwt_allow_global_admin", "allow_insecure_secrets"):
                 return value if isinstance(value, bool) else _BOOLS[str(value).strip().lower()]
         except (TypeError, ValueError, KeyError):
             raise InvalidInput(f"setting {name} has an invalid value {str(value)[:40]!r}") from None

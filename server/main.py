@@ -217,12 +217,18 @@ async def _serve(config: ServerConfig) -> None:
                 load_master_key(config.master_key, config.master_key_path),
                 max_encryptions=config.kek_max_encryptions,
             )
-        services = Services.build(store, max_value_bytes=config.max_body_bytes, keys=keys)
+        services = Services.build(
+            store,
+            max_value_bytes=config.max_body_bytes,
+            keys=keys,
+            allow_insecure_secrets=config.allow_insecure_secrets,
+        )
         if not config.tls and config.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
-                "secrets_served_without_tls",
+                "serving_without_tls",
                 host=config.host,
-                hint="secret values and tokens cross the network in clear text: set --tls-cert and --tls-key",
+                hint="tokens cross the network in clear text and remote clients get no secret values "
+                "(allow_insecure_secrets overrides): set --tls-cert and --tls-key",
             )
         verifier: JwtVerifier | None = None
         if config.jwt:

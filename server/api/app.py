@@ -8,6 +8,7 @@ five. Handlers only call the service layer; they never see storage or SQL.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -97,7 +98,7 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
             principal = await request.app[AUTHENTICATOR].authenticate(
                 request.headers.get("Authorization"), lambda: peer_uri_sans(request.transport), request_id
             )
-            request[CTX_KEY] = Ctx(principal, request_id)
+            request[CTX_KEY] = Ctx(principal, request_id, _private_channel(request))
         response = await handler(request)
         status = response.status
         response.headers["X-Request-Id"] = request_id
@@ -160,6 +161,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 _PUBLIC_HANDLERS: frozenset[Handler] = frozenset({live, ready, metrics, openapi})
+
+
+def _private_channel(request: web.Request) -> bool:
+    """TLS, or a peer on this machine (loopback)."""
+    if request.secure:
+        return True
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(

@@ -37,10 +37,11 @@ class Services:
         clock: Clock = utc_now,
         max_value_bytes: int = 1 << 20,
         keys: KeyProvider | None = None,
+        allow_insecure_secrets: bool = False,
     ) -> Services:
         core = Core(storage, clock=clock)
         schemas = SchemaService(core)
-        secrets = SecretService(core, keys)
+        secrets = SecretService(core, keys, allow_insecure=allow_insecure_secrets)
         configs = ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets)
         hub = ChangeHub()
         configs.commit_listeners.append(hub.notify)

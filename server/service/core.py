@@ -39,6 +39,9 @@ class Ctx:
 
     principal: Principal
     request_id: str
+    # the connection is encrypted (TLS) or never leaves the machine (loopback): plaintext
+    # secrets are served only then, unless the operator allows otherwise
+    private_channel: bool = True
 
 
 DEFAULT_SETTINGS: dict[str, Any] = {

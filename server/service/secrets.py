@@ -77,9 +77,10 @@ def _seconds(value: Any, name: str, maximum: int) -> int | None:
 
 
 class SecretService:
-    def __init__(self, core: Core, keys: KeyProvider | None) -> None:
+    def __init__(self, core: Core, keys: KeyProvider | None, *, allow_insecure: bool = False) -> None:
         self.core = core
         self.keys = keys
+        self.allow_insecure = allow_insecure  # serve plaintext over plain HTTP to remote peers
         # tenant -> (namespace, key) -> versions newest first; dropped on any secret write in the tenant
         self._versions: dict[str, dict[tuple[str, str], list[SecretVersion]]] = {}
         self._generation: dict[str, int] = {}
@@ -273,6 +274,16 @@ class SecretService:
         validate_namespace(namespace)
         validate_key(key)
         provider = self._provider()
+        if not ctx.private_channel and not self.allow_insecure:
+            insecure = policy.Decision(
+                False,
+                "deny:insecure-transport",
+                "secret values are served only over TLS (or to clients on this machine); connect with "
+                "https, or have the operator set allow_insecure_secrets",
+            )
+            await self.core.deny(
+                ctx, policy.Request(Action.SECRET_READ, env, namespace), insecure, f"secret/{namespace}/{key}"
+            )
         tenant_id = ctx.principal.tenant_id
         resource = f"secret/{namespace}/{key}"
         versions = await self._load(tenant_id, namespace, key)

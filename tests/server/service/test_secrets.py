@@ -466,3 +466,37 @@ class TestReferencesRespectWhereSecretsServe:
             await services.configs.get(ctx, ConfigRef.parse("gw", "ep", "production"), resolve=True)
         dev_view = await services.configs.get(ctx, ConfigRef.parse("gw", "ep", "development"), resolve=True)
         assert dev_view.body["value"]["key"] == "sk-dev"
+
+
+class TestTransport:
+    async def test_plaintext_needs_a_private_channel(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Over plain HTTP from another machine a secret is refused, directly and through a config."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.configs.put(ctx, ConfigRef.parse("gw", "ep", "global"), TestSecretReferences.ENDPOINT)
+        remote = Ctx(ctx.principal, "r", private_channel=False)
+        with pytest.raises(PermissionDenied, match="only over TLS") as err:
+            await services.secrets.get(remote, "api-keys", "anthropic")
+        assert err.value.extra["rule"] == "deny:insecure-transport"
+        with pytest.raises(PermissionDenied, match="api-keys/anthropic"):
+            await services.configs.get(remote, ConfigRef.parse("gw", "ep", "global"), resolve=True)
+        assert rows(db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secret:read' AND result = 'ok'") == [
+            (0,)
+        ]
+        denied = rows(
+            db, "SELECT COUNT(*) FROM audit_log WHERE result = 'denied' AND metadata LIKE '%insecure%'"
+        )
+        assert denied == [(2,)]
+
+    async def test_operator_may_allow_plain_http(self, tmp_path: Path) -> None:
+        """With allow_insecure_secrets the same request is served."""
+        async with SQLiteStorage(tmp_path / "i.db") as store:
+            services = Services.build(
+                store, keys=LocalKeyProvider(store, new_key()), allow_insecure_secrets=True
+            )
+            _, token = await services.tenants.bootstrap("acme")
+            ctx = Ctx(await services.tenants.authenticate(token, "t"), "t", private_channel=False)
+            await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+            assert (await services.secrets.get(ctx, "api-keys", "anthropic"))[0] == PLAIN
