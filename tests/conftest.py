@@ -13,26 +13,15 @@ from tests.support import Http, ServerProcess
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A running server on a fresh SQLite store, shared by the tests of one module."""
-    srv = ServerProcess(tmp_path_factory.mktemp("server"))
-    srv.init()
-    srv.start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("server")).running() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own, for tests that kill or restart it."""
-    srv = ServerProcess(tmp_path / "data")
-    srv.data_dir.mkdir()
-    srv.init()
-    srv.start()
-    try:
+    with ServerProcess(tmp_path / "data").running() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

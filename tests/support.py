@@ -10,6 +10,7 @@ certificate, if it has one).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,17 @@ class ServerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
+
+    @contextlib.contextmanager
+    def running(self, *serve_args: str) -> Iterator[ServerProcess]:
+        """init (into a fresh data dir) and serve; stopped however the block ends."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.init()
+        self.start(*serve_args)
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

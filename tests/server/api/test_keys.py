@@ -18,14 +18,8 @@ N = 120
 @pytest.fixture
 def slow_rewrap_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server that re-wraps 30 data keys a second, so a kill lands mid-job."""
-    srv = ServerProcess(tmp_path / "data", env={"LLMCM_REWRAP_RATE": "30"})
-    srv.data_dir.mkdir()
-    srv.init()
-    srv.start()
-    try:
+    with ServerProcess(tmp_path / "data", env={"LLMCM_REWRAP_RATE": "30"}).running() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def wait_for(http: Http, predicate: Callable[[dict[str, Any]], bool], limit: float = 60.0) -> dict[str, Any]:

@@ -85,14 +85,8 @@ class TestSecretsApi:
 @pytest.fixture
 def debug_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server logging at DEBUG, the level most likely to leak."""
-    srv = ServerProcess(tmp_path / "data")
-    srv.data_dir.mkdir()
-    srv.init()
-    srv.start("--log-level", "debug")
-    try:
+    with ServerProcess(tmp_path / "data").running("--log-level", "debug") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class TestNeverLeaks:

@@ -85,13 +85,10 @@ def secure_server(
         "LLMCM_JWT_ISSUER": ISSUER,
         "LLMCM_JWT_AUDIENCE": AUDIENCE,
     }
-    srv = ServerProcess(tmp_path_factory.mktemp("secure"), env=env, tls=pki.trusting)
-    srv.init()
-    srv.start(*secure_args(pki))
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("secure"), env=env, tls=pki.trusting).running(
+        *secure_args(pki)
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

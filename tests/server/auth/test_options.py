@@ -60,9 +60,7 @@ def jwks_server(jwt_keys: JwtKeys) -> Iterator[JwksServer]:
 def tls_server(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki, jwks_server: JwksServer
 ) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("options"), tls=pki.trusting)
-    srv.init()
-    srv.start(
+    serve_args = (
         "--tls-cert", str(pki.server.cert),
         "--tls-key", str(pki.server.key),
         "--jwt-jwks", jwks_server.url,
@@ -72,10 +70,8 @@ def tls_server(
         "--jwt-roles-claim", "realm_access.roles",
         "--jwt-allow-global-admin",
     )  # fmt: skip
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("options"), tls=pki.trusting).running(*serve_args) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def claims(tenant: str, roles: list[str]) -> dict[str, Any]:
