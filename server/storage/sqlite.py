@@ -252,20 +252,14 @@ class SQLiteWriteTx:
         )
 
     async def append_audit(self, draft: AuditDraft) -> AuditRecord:
-        return (await self.append_audits([draft]))[0]
-
-    async def append_audits(self, drafts: list[AuditDraft]) -> list[AuditRecord]:
         row = await self._one("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (self.chain,))
-        records = _chain_records(self.chain, row, drafts)
-        try:
-            await self._conn.executemany(_AUDIT_INSERT, [_audit_row(r) for r in records])
-        except sqlite3.Error as exc:
-            raise _translate(exc, "writing the audit log") from exc
+        (record,) = _chain_records(self.chain, row, [draft])
+        await self._exec(_AUDIT_INSERT, _audit_row(record))
         await self._exec(
             "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?",
-            (records[-1].seq, records[-1].hash, self.chain),
+            (record.seq, record.hash, self.chain),
         )
-        return records
+        return record
 
     async def insert_tenant(self, tenant: Tenant) -> None:
         if await self._one("SELECT 1 FROM tenants WHERE name = ?", (tenant.name,)):
