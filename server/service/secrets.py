@@ -118,11 +118,25 @@ class SecretService:
         environment, production included, so only principals allowed in all of them read it.
         """
         settings = await self.core.settings(ctx.principal.tenant_id)
+        refused = self._refusal(ctx, action, served, namespace, settings)
+        if refused is not None:
+            await self.core.deny(ctx, refused[0], refused[1], f"secret/{namespace}/{key}")
+
+    def _refusal(
+        self,
+        ctx: Ctx,
+        action: Action,
+        served: tuple[Environment, ...],
+        namespace: str,
+        settings: dict[str, Any],
+    ) -> tuple[policy.Request, policy.Decision] | None:
+        """The first environment the secret serves where ``action`` is not granted, if any."""
         for env in served:
             request = policy.Request(action, env, namespace)
             decision = self.core.decide(ctx.principal, request, settings)
             if not decision.allowed:
-                await self.core.deny(ctx, request, decision, f"secret/{namespace}/{key}")
+                return request, decision
+        return None
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -373,12 +387,6 @@ class SecretService:
                 continue
             if env is not Environment.GLOBAL and env not in _served(record):
                 continue
-            readable = all(
-                self.core.decide(
-                    ctx.principal, policy.Request(Action.SECRET_READ, e, record.namespace), settings
-                ).allowed
-                for e in _served(record)
-            )
-            if readable:
+            if self._refusal(ctx, Action.SECRET_READ, _served(record), record.namespace, settings) is None:
                 out.append(record)
         return out
