@@ -7,7 +7,6 @@ record can't be written the request still fails (with ``AuditWriteFailed``).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 from collections.abc import Callable
@@ -96,9 +95,6 @@ class Core:
         self._decisions: dict[str, dict[tuple[str, policy.Request], Decision]] = {}
         # called with the tenant id after its settings changed (caches built on them drop)
         self.settings_listeners: list[Callable[[str], None]] = []
-        # audit group commit: records waiting per chain, and the chains being written now
-        self._audit_queue: dict[str, list[tuple[AuditDraft, asyncio.Future[None]]]] = {}
-        self._audit_writing: set[str] = set()
 
     def now_iso(self) -> str:
         return iso(self.clock())
@@ -154,45 +150,14 @@ class Core:
     async def audit(self, chain: str, draft: AuditDraft) -> None:
         """Append one record durably before returning; fail closed.
 
-        Group commit: records arriving while a batch is being written wait and go into
-        the next transaction together, so many concurrent audited requests share one
-        fsync. The first caller writes; each caller returns only once its own record
-        is committed, and if a batch fails every caller in it fails.
+        The store's group commit writes the records of concurrent callers in shared
+        transactions, one fsync for many (``Storage.append_audit_batch``); this returns
+        once this record is committed, and raises ``AuditWriteFailed`` if it was not.
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._audit_queue.setdefault(chain, []).append((draft, done))
-        if chain not in self._audit_writing:
-            self._audit_writing.add(chain)
-            try:
-                while self._audit_queue.get(chain):
-                    batch = self._audit_queue.pop(chain)
-                    await self._write_audit_batch(chain, batch)
-            finally:
-                self._audit_writing.discard(chain)
-                # interrupted (cancelled): nobody will write what is still queued; fail it closed
-                for _, waiter in self._audit_queue.pop(chain, []):
-                    if not waiter.done():
-                        waiter.set_exception(AuditWriteFailed("the audit write was interrupted; retry"))
-        await done
-
-    async def _write_audit_batch(
-        self, chain: str, batch: list[tuple[AuditDraft, asyncio.Future[None]]]
-    ) -> None:
         try:
-            await self.storage.append_audit_batch(chain, [draft for draft, _ in batch])
-        except BaseException as exc:
-            for _, waiter in batch:
-                if not waiter.done():
-                    failed = AuditWriteFailed("the audit record could not be written; nothing was done")
-                    failed.__cause__ = exc
-                    waiter.set_exception(failed)
-            if not isinstance(exc, Exception):
-                raise  # cancellation goes on after failing the batch closed
-            return
-        for _, waiter in batch:
-            if not waiter.done():
-                waiter.set_result(None)
+            await self.storage.append_audit_batch(chain, [draft])
+        except Exception as exc:
+            raise AuditWriteFailed("the audit record could not be written; nothing was done") from exc
 
     @staticmethod
     async def audit_in(tx: WriteTx, draft: AuditDraft) -> None:

@@ -46,6 +46,45 @@ class AuditDraft:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """The last report of one agent: what it applied, and how that went."""
+
+    tenant_id: str
+    agent_id: str
+    namespaces: tuple[str, ...]
+    environment: str
+    applied_revision: int
+    state: str
+    last_error: str
+    reported_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "namespaces": list(self.namespaces),
+            "environment": self.environment,
+            "applied_revision": self.applied_revision,
+            "state": self.state,
+            "last_error": self.last_error,
+            "reported_at": self.reported_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SecretEvent:
+    """A notice about a secret that has no version row of its own (a revocation, a rotation
+    reminder), kept so the change feed can replay it. Metadata only, never a value."""
+
+    revision: int
+    namespace: str
+    key: str
+    kind: str  # "revoked", "rotation_due"
+    versions: tuple[int, ...]
+    created_at: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class WriteTx(Protocol):
     """One serialized write transaction on one chain (tenant)."""
 
@@ -55,6 +94,10 @@ class WriteTx(Protocol):
 
     async def next_revision(self) -> int:
         """Increment and return the chain's revision counter."""
+        ...
+
+    async def compact(self, revision: int) -> int:
+        """Drop versions superseded at or below ``revision``; returns how many rows went."""
         ...
 
     async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
@@ -78,6 +121,10 @@ class WriteTx(Protocol):
     async def insert_binding(self, tenant_id: str, binding: SchemaBinding) -> None: ...
 
     async def delete_binding(self, tenant_id: str, binding_id: str) -> bool: ...
+
+    async def put_agent_status(self, status: AgentStatus) -> None:
+        """Store an agent's report, replacing its previous one (one row per tenant and agent)."""
+        ...
 
     # keys and secrets
     async def keks(self, tenant_id: str) -> list[KekRecord]:
@@ -104,6 +151,17 @@ class WriteTx(Protocol):
         self, tenant_id: str, namespace: str, key: str, version: int, status: str, valid_until: str | None
     ) -> None: ...
 
+    async def insert_secret_event(self, tenant_id: str, event: SecretEvent) -> None:
+        """Store a notice at its revision; ``StorageError`` if that revision already has one, or if
+        it is a ``rotation_due`` of a version that was announced already (each is announced once)."""
+        ...
+
+    async def has_secret_event(
+        self, tenant_id: str, namespace: str, key: str, kind: str, versions: tuple[int, ...]
+    ) -> bool:
+        """Is there a notice of this kind about exactly these versions of the secret?"""
+        ...
+
 
 class Storage(Protocol):
     """An opened store. Use ``async with open_storage(url) as storage``."""
@@ -113,7 +171,10 @@ class Storage(Protocol):
     def write(self, chain: str) -> AbstractAsyncContextManager[WriteTx]: ...
 
     async def append_audit_batch(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
-        """Append records to a chain in one transaction of their own (the audit group commit)."""
+        """Append records to a chain durably, in one transaction of their own, before returning.
+
+        The audit group commit: concurrent calls may share a transaction (one fsync for all).
+        """
         ...
 
     async def ping(self) -> None:
@@ -164,6 +225,14 @@ class Storage(Protocol):
         """The newest row of every entry (tombstones included), optionally in some environments."""
         ...
 
+    async def latest_as_of(self, tenant_id: str, revision: int) -> list[ConfigVersion]:
+        """The newest row of every entry as it stood at ``revision`` (tombstones included)."""
+        ...
+
+    async def compacted_revision(self, tenant_id: str) -> int:
+        """History at or below this revision may be gone (0: nothing compacted)."""
+        ...
+
     async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
         """Config versions with revision > ``revision``, in revision order."""
         ...
@@ -174,6 +243,11 @@ class Storage(Protocol):
     async def get_schema(self, tenant_id: str, name: str) -> SchemaRecord | None: ...
 
     async def list_bindings(self, tenant_id: str) -> list[SchemaBinding]: ...
+
+    # agents
+    async def list_agent_status(self, tenant_id: str) -> list[AgentStatus]:
+        """The last report of every agent of the tenant, by agent id."""
+        ...
 
     # keys and secrets
     async def keks(self, tenant_id: str) -> list[KekRecord]: ...
@@ -198,6 +272,18 @@ class Storage(Protocol):
         ...
 
     async def tenants_with_secrets(self) -> list[str]: ...
+
+    async def secret_versions_since(
+        self, tenant_id: str, revision: int, *, limit: int = 1000
+    ) -> list[SecretVersion]:
+        """Secret versions stored with revision > ``revision``, in revision order."""
+        ...
+
+    async def secret_events_since(
+        self, tenant_id: str, revision: int, *, limit: int = 1000
+    ) -> list[SecretEvent]:
+        """Secret notices with revision > ``revision``, in revision order."""
+        ...
 
     # audit
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:

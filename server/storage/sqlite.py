@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 import aiosqlite
 
 from server.audit_chain import GENESIS_HASH, record_hash
-from server.storage.base import AuditDraft
+from server.storage.base import AgentStatus, AuditDraft, SecretEvent
 from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import AlreadyExists, StorageError
 from shared.models import (
@@ -128,6 +131,21 @@ def _secret(row: tuple[Any, ...]) -> SecretVersion:
     )
 
 
+_SECRET_EVENT_COLS = "revision, namespace, key, kind, versions, created_at, data"
+
+
+def _secret_event(row: tuple[Any, ...]) -> SecretEvent:
+    return SecretEvent(
+        revision=int(row[0]),
+        namespace=row[1],
+        key=row[2],
+        kind=row[3],
+        versions=tuple(int(v) for v in json.loads(row[4])),
+        created_at=row[5],
+        data=json.loads(row[6]),
+    )
+
+
 _TENANT_COLS = "id, name, status, created_at, settings"
 _TOKEN_COLS = (
     "id, tenant_id, name, token_hash, roles, namespaces, created_at, expires_at, revoked, created_by"
@@ -135,6 +153,24 @@ _TOKEN_COLS = (
 _AUDIT_COLS = (
     "seq, chain, time, tenant_id, actor, action, resource, result, request_id, metadata, prev_hash, hash"
 )
+
+
+_AGENT_COLS = (
+    "tenant_id, agent_id, namespaces, environment, applied_revision, state, last_error, reported_at"
+)
+
+
+def _agent(row: tuple[Any, ...]) -> AgentStatus:
+    return AgentStatus(
+        tenant_id=row[0],
+        agent_id=row[1],
+        namespaces=tuple(json.loads(row[2])),
+        environment=row[3],
+        applied_revision=int(row[4]),
+        state=row[5],
+        last_error=row[6],
+        reported_at=row[7],
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -149,24 +185,73 @@ def _translate(exc: Exception, what: str) -> StorageError:
 _AUDIT_INSERT = f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
+# The audit group commit hashes every record it writes, so the hashed text is built from a
+# template: the very bytes ``record_hash`` hashes (canonical JSON: sorted keys, no spaces, UTF-8)
+# without setting up a JSON encoder per record. A field that is not a string takes the generic way.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_JSON_STR = json.encoder.encode_basestring
+_HASHED_RECORD = (
+    '{"action":%s,"actor":%s,"chain":%s,"metadata":%s,"prev_hash":%s,"request_id":%s,'
+    '"resource":%s,"result":%s,"seq":%d,"tenant_id":%s,"time":%s}'
+)
+
+
+def _audit_hash(prev_hash: str, seq: int, chain: str, d: AuditDraft) -> str:
+    """``record_hash(prev_hash, seq, chain, fields of d)``."""
+    s = _JSON_STR
+    try:
+        text = _HASHED_RECORD % (
+            s(d.action),
+            s(d.actor),
+            s(chain),
+            _CANONICAL(d.metadata),
+            s(prev_hash),
+            s(d.request_id),
+            s(d.resource),
+            s(d.result),
+            seq,
+            s(d.tenant_id),
+            s(d.time),
+        )
+    except TypeError:
+        fields = {
+            "time": d.time,
+            "tenant_id": d.tenant_id,
+            "actor": d.actor,
+            "action": d.action,
+            "resource": d.resource,
+            "result": d.result,
+            "request_id": d.request_id,
+            "metadata": d.metadata,
+        }
+        return record_hash(prev_hash, seq, chain, fields)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _chain_records(chain: str, head: Any, drafts: list[AuditDraft]) -> list[AuditRecord]:
     """Sequence and hash ``drafts`` after the chain head row (audit_seq, audit_hash) or genesis."""
     seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
     records = []
-    for draft in drafts:
+    for d in drafts:
         seq += 1
-        fields: dict[str, Any] = {
-            "time": draft.time,
-            "tenant_id": draft.tenant_id,
-            "actor": draft.actor,
-            "action": draft.action,
-            "resource": draft.resource,
-            "result": draft.result,
-            "request_id": draft.request_id,
-            "metadata": draft.metadata,
-        }
-        digest = record_hash(prev_hash, seq, chain, fields)
-        records.append(AuditRecord(seq=seq, chain=chain, prev_hash=prev_hash, hash=digest, **fields))
+        digest = _audit_hash(prev_hash, seq, chain, d)
+        records.append(
+            AuditRecord(
+                seq=seq,
+                chain=chain,
+                time=d.time,
+                tenant_id=d.tenant_id,
+                actor=d.actor,
+                action=d.action,
+                resource=d.resource,
+                result=d.result,
+                request_id=d.request_id,
+                metadata=d.metadata,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
         prev_hash = digest
     return records
 
@@ -182,10 +267,32 @@ def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
         r.resource,
         r.result,
         r.request_id,
-        _dumps(r.metadata),
+        _COMPACT(r.metadata),
         r.prev_hash,
         r.hash,
     )
+
+
+_AuditJob = tuple[str, list[AuditDraft], "asyncio.Future[list[AuditRecord]]"]
+_AUDIT_LOCK_SECONDS = 0.02  # the audit writer keeps the write lock at most this long at a time
+
+
+def _settle_audit_jobs(jobs: list[_AuditJob], records: list[AuditRecord], exc: Exception | None) -> None:
+    """On the event loop: give each call its records, or its failure."""
+    start = 0
+    for _, drafts, done in jobs:
+        if done.done():  # the caller went away (cancelled); its records stand
+            start += len(drafts)
+            continue
+        if exc is None:
+            done.set_result(records[start : start + len(drafts)])
+        elif isinstance(exc, StorageError):
+            done.set_exception(StorageError(exc.detail, retriable=exc.retriable))
+        else:
+            failed = _translate(exc, "writing the audit log")
+            failed.__cause__ = exc
+            done.set_exception(failed)
+        start += len(drafts)
 
 
 class SQLiteWriteTx:
@@ -219,6 +326,22 @@ class SQLiteWriteTx:
             "UPDATE chains SET revision = revision + 1 WHERE id = ? RETURNING revision", (self.chain,)
         )
         return int(row[0])
+
+    async def compact(self, revision: int) -> int:
+        if revision > await self.current_revision():
+            raise StorageError("cannot compact past the current revision")
+        removed = await self._exec(
+            "DELETE FROM config_versions AS v WHERE tenant_id = ? AND revision <= ? AND EXISTS ("
+            "SELECT 1 FROM config_versions w WHERE w.tenant_id = v.tenant_id AND w.namespace = "
+            "v.namespace AND w.key = v.key AND w.environment = v.environment AND w.revision > v.revision "
+            "AND w.revision <= ?)",
+            (self.chain, revision, revision),
+        )
+        await self._exec(
+            "UPDATE chains SET compacted_revision = MAX(compacted_revision, ?) WHERE id = ?",
+            (revision, self.chain),
+        )
+        return removed
 
     async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
         row = await self._one(
@@ -418,6 +541,51 @@ class SQLiteWriteTx:
             (status, valid_until, tenant_id, namespace, key, version),
         )
 
+    async def insert_secret_event(self, tenant_id: str, event: SecretEvent) -> None:
+        await self._exec(
+            f"INSERT INTO secret_events (tenant_id, {_SECRET_EVENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                tenant_id,
+                event.revision,
+                event.namespace,
+                event.key,
+                event.kind,
+                _dumps(list(event.versions)),
+                event.created_at,
+                _dumps(event.data),
+            ),
+        )
+
+    async def has_secret_event(
+        self, tenant_id: str, namespace: str, key: str, kind: str, versions: tuple[int, ...]
+    ) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM secret_events WHERE tenant_id = ? AND namespace = ? AND key = ? AND kind = ? "
+            "AND versions = ? LIMIT 1",
+            (tenant_id, namespace, key, kind, _dumps(list(versions))),
+        )
+        return row is not None
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def put_agent_status(self, status: AgentStatus) -> None:
+        await self._exec(
+            f"INSERT INTO agent_status ({_AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(tenant_id, agent_id) DO UPDATE SET namespaces = excluded.namespaces, "
+            "environment = excluded.environment, applied_revision = excluded.applied_revision, "
+            "state = excluded.state, last_error = excluded.last_error, reported_at = excluded.reported_at",
+            (
+                status.tenant_id,
+                status.agent_id,
+                _dumps(list(status.namespaces)),
+                status.environment,
+                status.applied_revision,
+                status.state,
+                status.last_error,
+                status.reported_at,
+            ),
+        )
+
 
 class SQLiteStorage:
     """``Storage`` on one SQLite file. Open with ``async with SQLiteStorage(path)``."""
@@ -429,6 +597,9 @@ class SQLiteStorage:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._batch_conn: sqlite3.Connection | None = None  # audit batches, used under the lock
+        # audit group commit: calls waiting (appended on the event loop, taken by the writer thread)
+        self._audit_jobs: deque[_AuditJob] = deque()
+        self._audit_drain: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SQLiteStorage:
         await self.open()
@@ -499,6 +670,8 @@ class SQLiteStorage:
         return applied
 
     async def close(self) -> None:
+        if self._audit_drain is not None:  # let the audit writer finish with its connection
+            await asyncio.wait({self._audit_drain})
         batch, self._batch_conn = self._batch_conn, None
         if batch is not None:
             await asyncio.to_thread(batch.close)
@@ -519,25 +692,66 @@ class SQLiteStorage:
         return self._reader
 
     async def append_audit_batch(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
-        """Append records in one transaction, run whole in one worker-thread call.
+        """Append records durably, in one transaction (the audit group commit); fail closed.
 
-        Takes the same write lock as ``write()``, so the chain stays serialized with
-        the audit records written inside other transactions; the dedicated connection
-        is only ever used under that lock, by one thread at a time.
+        Calls queue up. One writer task holds the write lock (the one ``write()`` takes, so a
+        chain stays serialized with the records written inside other transactions) and runs a
+        loop in a worker thread: it takes every call queued so far, writes each chain's records
+        in one transaction (one fsync for all of them), hands the results back to the event
+        loop, and goes straight on with the calls queued meanwhile, so the next commit does not
+        wait for the event loop to come round. After ``_AUDIT_LOCK_SECONDS`` it lets the lock go
+        so that other writes get their turn. A call returns once its records are committed; if
+        their transaction fails, every call in it fails.
         """
-        async with self._write_lock:
-            work = asyncio.get_running_loop().run_in_executor(
-                None, self._append_audit_batch_sync, chain, drafts
-            )
-            try:
-                return await asyncio.shield(work)
-            except sqlite3.Error as exc:
-                raise _translate(exc, "writing the audit log") from exc
-            except asyncio.CancelledError:
-                # keep the lock until the thread is done with the connection, then go on cancelling
-                with contextlib.suppress(BaseException):
-                    await work
-                raise
+        if not drafts:
+            return []
+        self._require_writer()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[AuditRecord]] = loop.create_future()
+        self._audit_jobs.append((chain, drafts, done))
+        if self._audit_drain is None:
+            # started on the next turn of the loop: calls made ready together are written together
+            self._audit_drain = loop.create_task(self._drain_audit_jobs(loop), name="audit-writer")
+        return await done
+
+    async def _drain_audit_jobs(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._audit_jobs:  # calls are queued on this thread only: no call is missed
+                async with self._write_lock:
+                    work = loop.run_in_executor(None, self._write_audit_jobs, loop)
+                    try:
+                        await asyncio.shield(work)
+                    except asyncio.CancelledError:
+                        # keep the lock until the thread is done with the connection, then go on
+                        with contextlib.suppress(BaseException):
+                            await work
+                        raise
+        finally:
+            self._audit_drain = None
+            # cancelled (shutdown): nobody will write what is still queued; fail it closed
+            while self._audit_jobs:
+                _, _, done = self._audit_jobs.popleft()
+                if not done.done():
+                    done.set_exception(StorageError("the audit write was interrupted; retry"))
+
+    def _write_audit_jobs(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread, under the write lock: commit queued calls until none are left (or time is up)."""
+        until = time.monotonic() + _AUDIT_LOCK_SECONDS
+        while self._audit_jobs and time.monotonic() < until:
+            by_chain: dict[str, list[_AuditJob]] = {}
+            while self._audit_jobs:  # popleft is atomic; the event loop only appends
+                job = self._audit_jobs.popleft()
+                by_chain.setdefault(job[0], []).append(job)
+            for chain, jobs in by_chain.items():
+                try:
+                    if self._writer is None:
+                        raise StorageError("storage is not open")
+                    drafts = [d for _, job_drafts, _ in jobs for d in job_drafts]
+                    records = self._append_audit_batch_sync(chain, drafts)
+                except Exception as exc:
+                    loop.call_soon_threadsafe(_settle_audit_jobs, jobs, [], exc)
+                else:
+                    loop.call_soon_threadsafe(_settle_audit_jobs, jobs, records, None)
 
     def _append_audit_batch_sync(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
         if self._batch_conn is None:
@@ -707,6 +921,20 @@ class SQLiteStorage:
         sql += " ORDER BY namespace, key, environment"
         return [_version(r) for r in await self._all(sql, params)]
 
+    async def latest_as_of(self, tenant_id: str, revision: int) -> list[ConfigVersion]:
+        rows = await self._all(
+            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND revision <= ? AND "
+            "version = (SELECT MAX(version) FROM config_versions w WHERE w.tenant_id = v.tenant_id AND "
+            "w.namespace = v.namespace AND w.key = v.key AND w.environment = v.environment AND "
+            "w.revision <= ?) ORDER BY namespace, key, environment",
+            (tenant_id, revision, revision),
+        )
+        return [_version(r) for r in rows]
+
+    async def compacted_revision(self, tenant_id: str) -> int:
+        row = await self._first("SELECT compacted_revision FROM chains WHERE id = ?", (tenant_id,))
+        return int(row[0]) if row else 0
+
     async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
         rows = await self._all(
             f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND revision > ? "
@@ -735,6 +963,12 @@ class SQLiteStorage:
             (tenant_id,),
         )
         return [SchemaBinding(*r) for r in rows]
+
+    async def list_agent_status(self, tenant_id: str) -> list[AgentStatus]:
+        rows = await self._all(
+            f"SELECT {_AGENT_COLS} FROM agent_status WHERE tenant_id = ? ORDER BY agent_id", (tenant_id,)
+        )
+        return [_agent(r) for r in rows]
 
     async def keks(self, tenant_id: str) -> list[KekRecord]:
         rows = await self._all(
@@ -780,6 +1014,26 @@ class SQLiteStorage:
 
     async def tenants_with_secrets(self) -> list[str]:
         return [str(r[0]) for r in await self._all("SELECT DISTINCT tenant_id FROM secret_versions")]
+
+    async def secret_versions_since(
+        self, tenant_id: str, revision: int, *, limit: int = 1000
+    ) -> list[SecretVersion]:
+        rows = await self._all(
+            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND revision > ? "
+            "ORDER BY revision LIMIT ?",
+            (tenant_id, revision, limit),
+        )
+        return [_secret(r) for r in rows]
+
+    async def secret_events_since(
+        self, tenant_id: str, revision: int, *, limit: int = 1000
+    ) -> list[SecretEvent]:
+        rows = await self._all(
+            f"SELECT {_SECRET_EVENT_COLS} FROM secret_events WHERE tenant_id = ? AND revision > ? "
+            "ORDER BY revision LIMIT ?",
+            (tenant_id, revision, limit),
+        )
+        return [_secret_event(r) for r in rows]
 
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._all(

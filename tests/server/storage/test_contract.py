@@ -10,6 +10,7 @@ import pytest
 
 from server.audit_chain import ChainVerifier
 from server.storage import AuditDraft, SQLiteStorage, Storage
+from server.storage.base import AgentStatus, SecretEvent
 from shared.errors import AlreadyExists, StorageError
 from shared.models import (
     ChangeType,
@@ -18,6 +19,8 @@ from shared.models import (
     Environment,
     SchemaBinding,
     SchemaRecord,
+    SecretStatus,
+    SecretVersion,
     Tenant,
     TokenRecord,
     sha256_of,
@@ -249,3 +252,132 @@ class TestSchemasAndAudit:
         assert await storage.audit_head("chain-a") == (5, records[-1].hash)
         assert [r.seq for r in await storage.audit_records("chain-a", after_seq=3, limit=1)] == [4]
         assert [r.action for r in await storage.audit_records("chain-b")] == ["b0"]
+
+
+def agent(tenant_id: str, agent_id: str, revision: int, state: str = "applied") -> AgentStatus:
+    return AgentStatus(tenant_id, agent_id, ("ns", "ns/sub"), "production", revision, state, "", "2026")
+
+
+class TestAgentStatus:
+    async def test_report_replaces_the_previous_one(self, storage: Storage) -> None:
+        """One row per agent: a second report replaces every field of the first."""
+        a = await add_tenant(storage, "a")
+        async with storage.write(a.id) as tx:
+            await tx.put_agent_status(agent(a.id, "pod-2", 3))
+            await tx.put_agent_status(agent(a.id, "pod-1", 4))
+        newer = AgentStatus(a.id, "pod-1", ("other",), "staging", 9, "check_failed", "check exited 1", "2027")
+        async with storage.write(a.id) as tx:
+            await tx.put_agent_status(newer)
+        assert await storage.list_agent_status(a.id) == [newer, agent(a.id, "pod-2", 3)]
+
+    async def test_agents_are_per_tenant(self, storage: Storage) -> None:
+        """The same agent id in two tenants is two agents; neither tenant sees the other's."""
+        a, b = await add_tenant(storage, "a"), await add_tenant(storage, "b")
+        async with storage.write(a.id) as tx:
+            await tx.put_agent_status(agent(a.id, "pod", 1))
+        async with storage.write(b.id) as tx:
+            await tx.put_agent_status(agent(b.id, "pod", 7, "error"))
+        assert [s.applied_revision for s in await storage.list_agent_status(a.id)] == [1]
+        assert [s.state for s in await storage.list_agent_status(b.id)] == ["error"]
+        assert await storage.list_agent_status("id-other") == []
+
+    async def test_failed_transaction_keeps_the_old_report(self, storage: Storage) -> None:
+        """A report written in a transaction that fails is not stored."""
+        a = await add_tenant(storage, "a")
+        async with storage.write(a.id) as tx:
+            await tx.put_agent_status(agent(a.id, "pod", 1))
+        with pytest.raises(RuntimeError):
+            async with storage.write(a.id) as tx:
+                await tx.put_agent_status(agent(a.id, "pod", 2))
+                raise RuntimeError("boom")
+        assert [s.applied_revision for s in await storage.list_agent_status(a.id)] == [1]
+
+
+def secret(n: int, revision: int, key: str = "k") -> SecretVersion:
+    return SecretVersion(
+        "ns", key, n, revision, SecretStatus.ACTIVE, 1, "kek", 1, "wrapped", "sealed", "2026", "t", "m"
+    )
+
+
+def notice(revision: int, kind: str = "rotation_due", versions: tuple[int, ...] = (1,)) -> SecretEvent:
+    return SecretEvent(revision, "ns", "k", kind, versions, "2026", {"due_at": "2027"})
+
+
+class TestSecretEvents:
+    async def test_notices_and_versions_since_in_revision_order(self, storage: Storage) -> None:
+        """Notices and secret versions come back after a revision, in revision order, bounded by limit."""
+        a = await add_tenant(storage, "a")
+        async with storage.write(a.id) as tx:
+            await tx.insert_secret(a.id, secret(1, await tx.next_revision()))
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision(), "revoked", (1,)))
+            await tx.insert_secret(a.id, secret(2, await tx.next_revision()))
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision(), "rotation_due", (2,)))
+        assert await storage.secret_events_since(a.id, 0) == [
+            notice(2, "revoked", (1,)),
+            notice(4, "rotation_due", (2,)),
+        ]
+        assert [e.revision for e in await storage.secret_events_since(a.id, 2)] == [4]
+        assert [e.revision for e in await storage.secret_events_since(a.id, 0, limit=1)] == [2]
+        assert [(v.version, v.revision) for v in await storage.secret_versions_since(a.id, 1)] == [(2, 3)]
+        assert [v.revision for v in await storage.secret_versions_since(a.id, 0, limit=1)] == [1]
+
+    async def test_a_due_version_is_announced_once(self, storage: Storage) -> None:
+        """A second rotation_due of the same version is refused; other versions and kinds are not."""
+        a = await add_tenant(storage, "a")
+        async with storage.write(a.id) as tx:
+            assert not await tx.has_secret_event(a.id, "ns", "k", "rotation_due", (1,))
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision()))
+            assert await tx.has_secret_event(a.id, "ns", "k", "rotation_due", (1,))
+            assert not await tx.has_secret_event(a.id, "ns", "k", "rotation_due", (2,))
+            assert not await tx.has_secret_event(a.id, "ns", "k", "revoked", (1,))
+        with pytest.raises(StorageError):
+            async with storage.write(a.id) as tx:
+                await tx.insert_secret_event(a.id, notice(await tx.next_revision()))
+        async with storage.write(a.id) as tx:
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision(), versions=(2,)))
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision(), "revoked"))
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision(), "revoked"))
+        found = await storage.secret_events_since(a.id, 0)
+        assert [(e.kind, e.versions) for e in found] == [
+            ("rotation_due", (1,)),
+            ("rotation_due", (2,)),
+            ("revoked", (1,)),
+            ("revoked", (1,)),
+        ]
+        assert await storage.current_revision(a.id) == 4  # the refused transaction left no revision
+
+    async def test_one_notice_per_revision(self, storage: Storage) -> None:
+        """Two notices at the same revision are refused."""
+        a = await add_tenant(storage, "a")
+        with pytest.raises(StorageError):
+            async with storage.write(a.id) as tx:
+                revision = await tx.next_revision()
+                await tx.insert_secret_event(a.id, notice(revision, "revoked"))
+                await tx.insert_secret_event(a.id, notice(revision, "revoked", (2,)))
+        assert await storage.secret_events_since(a.id, 0) == []
+
+    async def test_notices_are_per_tenant(self, storage: Storage) -> None:
+        """The same due version in two tenants is announced in each; neither sees the other's."""
+        a, b = await add_tenant(storage, "a"), await add_tenant(storage, "b")
+        for t in (a, b):
+            async with storage.write(t.id) as tx:
+                await tx.insert_secret(t.id, secret(1, await tx.next_revision()))
+                await tx.insert_secret_event(t.id, notice(await tx.next_revision()))
+        async with storage.write(a.id) as tx:
+            assert not await tx.has_secret_event("id-other", "ns", "k", "rotation_due", (1,))
+        assert len(await storage.secret_events_since(a.id, 0)) == 1
+        assert len(await storage.secret_events_since(b.id, 0)) == 1
+        assert await storage.secret_events_since("id-other", 0) == []
+        assert await storage.secret_versions_since("id-other", 0) == []
+
+    async def test_failed_transaction_leaves_no_notice(self, storage: Storage) -> None:
+        """A notice written in a transaction that fails is not stored and can be written again."""
+        a = await add_tenant(storage, "a")
+        with pytest.raises(RuntimeError):
+            async with storage.write(a.id) as tx:
+                await tx.insert_secret_event(a.id, notice(await tx.next_revision()))
+                raise RuntimeError("boom")
+        assert await storage.secret_events_since(a.id, 0) == []
+        async with storage.write(a.id) as tx:
+            await tx.insert_secret_event(a.id, notice(await tx.next_revision()))
+        assert [e.revision for e in await storage.secret_events_since(a.id, 0)] == [1]
