@@ -42,7 +42,7 @@ class ServerConfig:
     storage: str = ""  # "" means SQLite in data_dir
     host: str = "127.0.0.1"
     port: int = 8080
-    grpc_port: int = 50051
+    grpc_port: int = 50051  # env LLMCM_GRPC_PORT; 0 turns the gRPC listener off
     redis: str = ""
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
@@ -69,6 +69,7 @@ class ServerConfig:
     kek_max_encryptions: int = 2**30
     rewrap_rate: float = 200.0  # data keys re-wrapped per second after a KEK rotation
     allow_insecure_secrets: bool = False  # serve secret values over plain HTTP to remote peers
+    due_scan_interval: float = 60.0  # seconds between scans for secrets due for rotation
     # key provider: "local" (above) or "vault" (HashiCorp Vault Transit, README: Vault);
     # auth by vault_token, or AppRole with vault_role_id + vault_secret_id
     key_provider: str = "local"
@@ -84,6 +85,10 @@ class ServerConfig:
         return Path(self.master_key_file) if self.master_key_file else self.data_dir / "master.key"
 
     def __post_init__(self) -> None:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise InvalidInput(
+                f"grpc_port and port are both {self.port}: the REST and gRPC listeners need two ports"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInput("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -115,6 +120,8 @@ class ServerConfig:
                 raise InvalidInput(f"{name} must be a claim name (letters, digits, '_', '.', ':', '/', '-')")
         if not 0 <= self.jwt_leeway <= 300:
             raise InvalidInput("jwt_leeway must be between 0 and 300 seconds")
+        if not 0 < self.due_scan_interval <= 86400:
+            raise InvalidInput("due_scan_interval must be more than 0 and at most 86400 seconds")
         self._check_vault()
 
     def _check_vault(self) -> None:
@@ -193,10 +200,10 @@ class ServerConfig:
                 return Path(str(value))
             if name in ("port", "grpc_port", "max_body_bytes", "kek_max_encryptions"):
                 number = int(value)
-                if number < 0:
+                if number < 0 or (name in ("port", "grpc_port") and number > 65535):
                     raise ValueError
                 return number
-            if name in ("shutdown_timeout", "jwt_leeway", "rewrap_rate"):
+            if name in ("shutdown_timeout", "jwt_leeway", "rewrap_rate", "due_scan_interval"):
                 return float(value)
             if name in ("jwt_allow_global_admin", "allow_insecure_secrets"):
                 return value if isinstance(value, bool) else _BOOLS[str(value).strip().lower()]

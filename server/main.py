@@ -1,8 +1,8 @@
 """``llm-config-server``: init a store, apply migrations, serve the APIs.
 
 serve: load config → TLS context and JWT key set (a bad file is one clear line) →
-open storage → build services → start the HTTP(S) site →
-wait for SIGTERM/SIGINT (the handler only sets an event) → stop accepting,
+open storage → build services → start the HTTP(S) site, then the gRPC listener →
+wait for SIGTERM/SIGINT (the handler only sets an event) → end gRPC streams, stop accepting,
 drain in-flight requests within ``shutdown_timeout`` → close storage.
 """
 
@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from server.api.app import create_app
+from server.api.grpc_server import GrpcServer
 from server.auth import Authenticator, JwtSettings, JwtVerifier, server_context
 from server.config import ServerConfig
 from server.keys import KeyProvider
@@ -27,8 +28,7 @@ from server.keys.local import LocalKeyProvider, create_master_key_file, load_mas
 from server.keys.vault import VaultKeyProvider, VaultSettings
 from server.service import Services
 from server.service.keys import Rewrapper
-from server.storage import open_storage
-from server.storage.migrations import SQLITE_MIGRATIONS
+from server.storage import SQLiteStorage, open_storage, schema_version
 from shared.errors import LLMConfigError
 from shared.logs import configure_logging
 from shared.models import redact_url
@@ -55,9 +55,16 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 
 _data = click.option(
-    "--data", "data_dir", type=click.Path(file_okay=False), help="Data directory (SQLite store)."
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    help="Data directory (the SQLite store, the master key file).",
 )
-_storage = click.option("--storage", help="Storage URL (default: SQLite in the data dir). Env LLMCM_STORAGE.")
+_storage = click.option(
+    "--storage",
+    help="Storage URL: sqlite:///PATH (default: llmcm.db in the data dir) or postgresql://HOST/DB "
+    "(replicas sharing one database). Env LLMCM_STORAGE.",
+)
 
 
 @cli.command()
@@ -122,7 +129,7 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
     if applied:
         click.echo(f"applied migrations: {', '.join(map(str, applied))}")
     else:
-        click.echo(f"schema is up to date (version {max(v for v, _ in SQLITE_MIGRATIONS)})")
+        click.echo(f"schema is up to date (version {schema_version(config.storage_url)})")
 
 
 @cli.command()
@@ -130,7 +137,11 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
 @_storage
 @click.option("--host", help="Listen address (default 127.0.0.1).")
 @click.option("--port", type=int, help="REST port (default 8080).")
-@click.option("--grpc-port", type=int, help="gRPC port (default 50051; gRPC arrives with the watch API).")
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    help="gRPC port (default 50051; 0 turns gRPC off). Env LLMCM_GRPC_PORT.",
+)
 @click.option("--redis", help="Redis URL for scale-out (not yet supported). Env LLMCM_REDIS.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--tls-cert", help="PEM certificate (chain) to serve HTTPS with. Env LLMCM_TLS_CERT.")
@@ -164,9 +175,14 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
 )
 @click.option("--vault-addr", help="Vault URL. Env LLMCM_VAULT_ADDR or VAULT_ADDR.")
 @click.option("--vault-mount", help="Transit mount path (default transit). Env LLMCM_VAULT_MOUNT.")
+@click.option(
+    "--due-scan-interval",
+    type=float,
+    help="Seconds between scans for secrets due for rotation (default 60). Env LLMCM_DUE_SCAN_INTERVAL.",
+)
 @click.pass_context
 def serve(ctx: click.Context, /, **flags: Any) -> None:
-    """Serve the REST API until SIGTERM or SIGINT."""
+    """Serve the REST and gRPC APIs until SIGTERM or SIGINT."""
     config = _config(ctx, **flags)
     configure_logging(config.log_level, config.log_format)
     if config.redis:
@@ -190,7 +206,7 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # the same context will serve gRPC when it lands
+    # the files behind this context (already checked by it) serve gRPC too (server.api.grpc_server)
     ssl_context = (
         server_context(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls else None
     )
@@ -201,10 +217,20 @@ async def _serve(config: ServerConfig) -> None:
             raise click.ClickException(f"no tenant in the store at {where}; run '{init_cmd}' first")
         keys: KeyProvider
         if config.key_provider == "vault":
-            vault = await stack.enter_async_context(VaultKeyProvider(_vault_settings(config)))
+            vault = await stack.enter_async_context(
+                VaultKeyProvider(_vault_settings(config), max_encryptions=config.kek_max_encryptions)
+            )
             keys = vault
         else:
             if not config.master_key and not config.master_key_path.exists():
+                if not isinstance(store, SQLiteStorage):
+                    # replicas of a shared store must all hold the one key init made; a new one
+                    # here would seal key-encryption keys that no other replica can open
+                    raise click.ClickException(
+                        f"master key file {config.master_key_path} is missing; every server on a "
+                        "shared store needs the key 'llm-config-server init' created: copy the file "
+                        "(--data DIR or master_key_file) or set LLMCM_MASTER_KEY"
+                    )
                 if await store.tenants_with_secrets():
                     # a new key could open none of the stored KEKs: refuse rather than start blind
                     raise click.ClickException(
@@ -253,10 +279,16 @@ async def _serve(config: ServerConfig) -> None:
                 raise click.ClickException(
                     f"cannot listen on {config.host}:{config.port}: {reason}"
                 ) from None
+            grpc_api = (
+                await stack.enter_async_context(_grpc_server(config, services, authenticator))
+                if config.grpc_port
+                else None
+            )
             log.info(
                 "server_started",
                 host=config.host,
                 port=config.port,
+                grpc_port=config.grpc_port or None,
                 storage=store.url_for_logs,
                 tls=config.tls,
                 mtls_trust_domain=config.spiffe_trust_domain or None,
@@ -267,12 +299,33 @@ async def _serve(config: ServerConfig) -> None:
                 rewrap = background.create_task(
                     Rewrapper(services.keys, rate=config.rewrap_rate).run(), name="rewrap"
                 )
+                due_scan = background.create_task(
+                    services.rotation.run(config.due_scan_interval), name="rotation-due"
+                )
                 await stop.wait()
                 log.info("server_stopping", drain_seconds=config.shutdown_timeout)
+                await services.watch.close()  # end watch streams so the drain isn't held open
                 rewrap.cancel("server stopping")
+                due_scan.cancel("server stopping")
+                if grpc_api is not None:
+                    await grpc_api.stop()  # watch streams end now; clients resume elsewhere
         finally:
             await runner.cleanup()
     log.info("server_stopped")
+
+
+def _grpc_server(config: ServerConfig, services: Services, authenticator: Authenticator) -> GrpcServer:
+    return GrpcServer(
+        services,
+        authenticator,
+        host=config.host,
+        port=config.grpc_port,
+        max_body_bytes=config.max_body_bytes,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_client_ca=config.tls_client_ca,
+        shutdown_timeout=config.shutdown_timeout,
+    )
 
 
 def _vault_settings(config: ServerConfig) -> VaultSettings:

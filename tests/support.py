@@ -5,15 +5,18 @@ loopback port with a temporary SQLite store, exactly as a user would.
 ``Http`` is a tiny client on ``http.client`` that sends the path exactly as
 given (no normalisation), which the path-traversal tests need; given an
 ``ssl.SSLContext`` it speaks HTTPS (and presents the context's client
-certificate, if it has one).
+certificate, if it has one). ``postgres_database`` gives a test a PostgreSQL database of
+its own, dropped afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -21,18 +24,69 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_CMD = [sys.executable, "-m", "server.main"]
+
+
+# the machine's PostgreSQL (.ci/run starts it); tests that need it fail, never skip, without it
+POSTGRES_ADMIN_URL = os.environ.get("LLMCM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def _admin(sql: str) -> None:
+    try:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {urlsplit(POSTGRES_ADMIN_URL).netloc.rsplit('@', 1)[-1]} "
+            f"({type(exc).__name__}): start it (.ci/run does) or point LLMCM_TEST_POSTGRES at one"
+        ) from exc
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _run_admin(sql: str) -> None:
+    """Run one statement on the admin database, from any thread or event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(sql)).result(timeout=60)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database ``llmcm_test_<random>``, dropped (with its sessions) afterwards.
+
+    Only databases made here are ever dropped.
+    """
+    name = f"llmcm_test_{os.getpid()}_{secrets.token_hex(4)}"
+    _run_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_ADMIN_URL)._replace(path=f"/{name}"))
+    finally:
+        _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:port (the gRPC listener is up)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -85,7 +139,10 @@ class Http:
                 hdrs.setdefault("Content-Type", "application/json")
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            if headers.get("content-type", "").startswith("text/event-stream"):
+                return Reply(resp.status, headers, _read_until_progress(resp))
+            return Reply(resp.status, headers, resp.read())
         finally:
             conn.close()
 
@@ -100,6 +157,22 @@ class Http:
 
     def delete(self, path: str, **kw: Any) -> Reply:
         return self.request("DELETE", path, **kw)
+
+
+def _read_until_progress(resp: http.client.HTTPResponse, limit: int = 1 << 20) -> bytes:
+    """An event stream never ends: read it up to its first progress mark (the caught-up point)."""
+    body = b""
+    seen_progress = False
+    while len(body) < limit:
+        line = resp.readline()
+        if not line:
+            break
+        body += line
+        if line.startswith(b"event: progress"):
+            seen_progress = True
+        elif seen_progress and line in (b"\n", b"\r\n"):
+            break
+    return body
 
 
 class ServerProcess:
@@ -120,6 +193,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.tls = tls
         self.port = port or free_port()
+        self.grpc_port = free_port()  # never the default 50051: test servers run side by side
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.token = ""
@@ -139,6 +213,10 @@ class ServerProcess:
         self.token, self.tenant_id = info["token"], info["tenant_id"]
 
     def start(self, *extra: str) -> None:
+        if "--grpc-port" in extra:
+            self.grpc_port = int(extra[extra.index("--grpc-port") + 1])
+        else:
+            extra = (*extra, "--grpc-port", str(self.grpc_port))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [*SERVER_CMD, "serve", "--data", str(self.data_dir), "--port", str(self.port), *extra],
@@ -153,7 +231,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
             try:
-                if Http(self.port, tls=self.tls).get("/health/ready", timeout=2).status == 200:
+                if Http(self.port, tls=self.tls).get("/health/ready", timeout=2).status == 200 and (
+                    self.grpc_port == 0 or _accepts(self.grpc_port)
+                ):
                     return
             except OSError:
                 pass

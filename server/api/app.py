@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api import admin, changes, configs, keys, secrets
+from server.api import admin, agents, changes, configs, keys, secrets, watch
 from server.api.http import CTX_KEY, MAX_BODY, SERVICES, json_response
 from server.api.metrics import RequestMetrics
 from server.api.openapi import build_openapi
@@ -101,7 +101,8 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
             request[CTX_KEY] = Ctx(principal, request_id, _private_channel(request))
         response = await handler(request)
         status = response.status
-        response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # a stream (watch) has sent its headers already
+            response.headers["X-Request-Id"] = request_id
         return response
     except LLMConfigError as exc:
         status = exc.status
@@ -191,5 +192,7 @@ def create_app(
     secrets.add_routes(app)
     keys.add_routes(app)
     changes.add_routes(app)
+    watch.add_routes(app)
+    agents.add_routes(app)
     app[OPENAPI] = json.dumps(build_openapi()).encode()
     return app

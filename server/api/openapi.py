@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.service.agents import STATES as AGENT_STATES
 from server.service.policy import ROLES, Action
 from shared.models import CLASSIFICATIONS, Environment
 
@@ -305,8 +306,10 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/changes": {
             "get": _op(
-                "Long-poll: every config change after a revision the caller may read, or at the deadline "
-                "an empty list with the current revision",
+                "Long-poll: every change after a revision the caller may see, in revision order, or at the "
+                "deadline an empty list with the current revision. Config changes, and with kinds=secret "
+                "secret events (kind secret; type created, rotated, revoked or rotation_due; metadata "
+                "only, never a value), shown to those who may list the secret",
                 {
                     "200": _json(
                         {
@@ -327,14 +330,95 @@ def _paths() -> dict[str, Any]:
                         "How long to wait for one: 30s, 500ms, 2m (max 5m)",
                     ),
                     _param("prefix", "query", {"type": "string"}, "Namespace prefix"),
-                    _param("env", "query", {"type": "string"}, "Only this environment's rows"),
+                    _param(
+                        "env",
+                        "query",
+                        {"type": "string"},
+                        "Only this environment's rows (secret events: of secrets that serve it)",
+                    ),
+                    _param(
+                        "resolve",
+                        "query",
+                        {"type": "boolean"},
+                        "With env: the watch stream's events (resolved values of env) instead of rows",
+                    ),
+                    _param("key", "query", {"type": "string"}, "With resolve: only this key"),
                     _param(
                         "format",
                         "query",
                         {"type": "string", "enum": ["changes", "cloudevents"]},
-                        "cloudevents: the changes as CloudEvents 1.0 structured JSON under 'events'",
+                        "cloudevents: the changes as CloudEvents 1.0 structured JSON under 'events' "
+                        "(types com.llmconfig.config.created/updated/deleted and "
+                        "com.llmconfig.secret.created/rotated/revoked/rotation_due)",
+                    ),
+                    _param(
+                        "kinds",
+                        "query",
+                        {"type": "string", "pattern": "^(config|secret)(,(config|secret))?$"},
+                        "Which changes: config, secret or config,secret (default: config for "
+                        "format=changes, both for format=cloudevents); not with resolve",
                     ),
                 ],
+                tag="watch",
+            )
+        },
+        "/v1/watch": {
+            "get": _op(
+                "Server-Sent Events: every change of the resolved values in one environment after a "
+                "revision (id: revision; Last-Event-ID resumes), then live changes and progress marks",
+                {
+                    "200": {
+                        "description": "text/event-stream of put, delete, progress and snapshot events",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(400, *_AUTH),
+                },
+                params=[
+                    _param("env", "query", {"type": "string"}, "Environment whose resolved values to watch"),
+                    _param(
+                        "prefix",
+                        "query",
+                        {"type": "array", "items": {"type": "string"}},
+                        "Namespace prefixes (repeatable; none: every namespace the caller may read)",
+                    ),
+                    _param("key", "query", {"type": "string"}, "Only this key"),
+                    _param(
+                        "since",
+                        "query",
+                        {"type": "integer", "minimum": 0},
+                        "Replay every change after this revision first (default: live only)",
+                    ),
+                    _param(
+                        "progress",
+                        "query",
+                        {"type": "string"},
+                        "Progress mark interval when idle: 10s (default), 500ms, 0 for none",
+                    ),
+                    _param("Last-Event-ID", "header", {"type": "string"}, "Resume after this revision"),
+                ],
+                tag="watch",
+            )
+        },
+        "/v1/compact": {
+            "post": _op(
+                "Drop history superseded at or below a revision; watches starting before it get a snapshot",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "compacted_revision": {"type": "integer"},
+                                "removed_versions": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    **_problems(400, *_AUTH),
+                },
+                body={
+                    "type": "object",
+                    "required": ["revision"],
+                    "properties": {"revision": {"type": "integer", "minimum": 1}},
+                },
                 tag="watch",
             )
         },
@@ -507,6 +591,83 @@ def _paths() -> dict[str, Any]:
                 params=[_param("chain", "query", {"type": "string"}, "Another chain (global-admin)")],
             )
         },
+        "/v1/agents/status": {
+            "post": _op(
+                "An agent reports what it applied (needs config:read on every namespace it names)",
+                {"200": _json(_ref("AgentStatus")), **_problems(400, *_AUTH, 413)},
+                tag="agents",
+                body={
+                    "type": "object",
+                    "required": ["agent_id", "namespaces", "environment", "applied_revision", "state"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "agent_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$"},
+                        "namespaces": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "environment": {"type": "string"},
+                        "applied_revision": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "the revision the agent's files are current as of",
+                        },
+                        "state": {"type": "string", "enum": list(AGENT_STATES)},
+                        "last_error": {
+                            "type": "string",
+                            "description": "kept to 500 characters, credentials redacted",
+                        },
+                    },
+                },
+            )
+        },
+        "/v1/agents": {
+            "get": _op(
+                "The last report of every agent (operators and admins: audit:read)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"agents": {"type": "array", "items": _ref("AgentStatus")}},
+                        }
+                    ),
+                    **_problems(400, *_AUTH),
+                },
+                tag="agents",
+                params=[_param("env", "query", {"type": "string"}, "Only agents of this environment")],
+            )
+        },
+        "/v1/agents/rollout": {
+            "get": _op(
+                "How far a revision has rolled out: agents that applied it, are behind, or failed",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "revision": {"type": "integer"},
+                                "current_revision": {"type": "integer"},
+                                "total": {"type": "integer"},
+                                "counts": {
+                                    "type": "object",
+                                    "properties": {
+                                        "applied": {"type": "integer"},
+                                        "behind": {"type": "integer"},
+                                        "failed": {"type": "integer"},
+                                    },
+                                },
+                                "applied": {"type": "array", "items": _ref("AgentStatus")},
+                                "behind": {"type": "array", "items": _ref("AgentStatus")},
+                                "failed": {"type": "array", "items": _ref("AgentStatus")},
+                            },
+                        }
+                    ),
+                    **_problems(400, *_AUTH),
+                },
+                tag="agents",
+                params=[
+                    _param("revision", "query", _INT, "The revision whose rollout to show", required=True),
+                    _param("env", "query", {"type": "string"}, "Only agents of this environment"),
+                ],
+            )
+        },
         "/v1/policy/explain": {
             "post": _op(
                 "Which rule decides an action",
@@ -627,6 +788,18 @@ def build_openapi() -> dict[str, Any]:
                         _ref("SecretVersion"),
                         {"type": "object", "properties": {"value": {"type": "string"}}},
                     ]
+                },
+                "AgentStatus": {
+                    "type": "object",
+                    "properties": {
+                        "agent_id": {"type": "string"},
+                        "namespaces": {"type": "array", "items": {"type": "string"}},
+                        "environment": {"type": "string"},
+                        "applied_revision": {"type": "integer"},
+                        "state": {"type": "string", "enum": list(AGENT_STATES)},
+                        "last_error": {"type": "string"},
+                        "reported_at": {"type": "string"},
+                    },
                 },
                 "Principal": {
                     "type": "object",

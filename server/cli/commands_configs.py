@@ -7,6 +7,7 @@ usage works as written, e.g. ``llm-config get llm-gateway/routing primary-model 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -25,7 +26,9 @@ from server.cli.output import (
     table,
 )
 from shared.errors import InvalidInput, NotFound
+from shared.logs import configure_logging
 from shared.models import CLASSIFICATIONS, parse_environment, validate_key, validate_namespace
+from shared.sdk import Change, ConfigClient, Progress, Snapshot
 
 
 def _namespace(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -369,47 +372,100 @@ COMMANDS = [get, resolve, set_, list_, history, diff, rollback, delete]
 @namespace_arg
 @key_arg
 @env_option
-@click.option("--since", type=click.IntRange(min=0), help="Start after this revision (default: now).")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    help="Replay every change after this revision, then follow (default: show the value now, then follow).",
+)
 @click.option("--count", type=positive, help="Stop after this many changes.")
 @json_option
 @pass_app
 def watch(
     app: App, namespace: str, key: str, env: str | None, since: int | None, count: int | None, as_json: bool
 ) -> None:
-    """Print the resolved value of NAMESPACE KEY now and after every change (Ctrl-C stops)."""
+    """Print the resolved value of NAMESPACE KEY now and after every change (Ctrl-C stops).
+
+    Follows the server's watch stream (Server-Sent Events); a dropped connection is resumed
+    from the last revision shown, so no change is missed or shown twice. Values in change
+    events carry secret references, never secret values.
+    """
     environment = env or "global"
+    target = app.target()
+    configure_logging("warning", "console")  # reconnect notices go to stderr, never into the output
 
-    async def follow(client: Any) -> None:
-        shown = 0
-        cursor = since
-        if cursor is None:
-            cursor = int((await client.changes(0, prefix=namespace))["revision"])
-            await show(client, None)
-        while count is None or shown < count:
-            # long-poll; the server returns at the first change it can show us, or after 25 s
-            answer = await client.changes(cursor, wait="25s", prefix=namespace)
-            cursor = int(answer["revision"])
-            ours = [c for c in answer["changes"] if c["namespace"] == namespace and c["key"] == key]
-            if ours:
-                await show(client, ours[-1])
-                shown += 1
+    async def follow() -> None:
+        async with ConfigClient(
+            target.server, None, target.token, cache_enabled=False, reconnect_attempts=_WATCH_ATTEMPTS
+        ) as client:
+            shown_sha: str | None = None  # of the value on screen; "" when it shows "no value"
+            current_shown = since is not None  # with --since the replay is shown instead
+            shown = 0
+            watching = client.watch(namespace, key, environment=environment, since=since, progress=True)
+            async with contextlib.aclosing(watching) as events:
+                async for event in events:
+                    if isinstance(event, Progress):
+                        if not current_shown:  # connected: what is there now, then what changes
+                            current_shown = True
+                            shown_sha = await show_current(client)
+                        continue
+                    for change in _changes_of(event, namespace, key, environment, shown_sha):
+                        sha = "" if change.deleted else change.sha256
+                        if sha == shown_sha:
+                            continue  # already on screen (the first read may have seen it)
+                        shown_sha = sha
+                        show_change(change)
+                        shown += 1
+                        if count is not None and shown >= count:
+                            return
 
-    async def show(client: Any, change: dict[str, Any] | None) -> None:
+    async def show_current(client: ConfigClient) -> str:
         try:
-            body = await client.get_config(namespace, key, env=environment, resolve=True)
+            body = await client.get_entry(namespace, key, environment)
         except NotFound:
             body = {"namespace": namespace, "key": key, "environment": environment, "deleted": True}
         if as_json:
             click.echo(json.dumps(body, ensure_ascii=False))
+        else:
+            when = f"revision {body.get('revision')}" if "revision" in body else "no value"
+            click.echo(f"-- {namespace}/{key} in {environment}: {when}")
+            if "value" in body:
+                click.echo(pretty(body["value"]))
+        return str(body.get("sha256", "")) if "value" in body else ""
+
+    def show_change(change: Change) -> None:
+        if as_json:
+            out = change.to_dict()
+            if change.deleted:
+                out["deleted"] = True
+            click.echo(json.dumps(out, ensure_ascii=False))
             return
-        when = f"revision {body.get('revision')}" if "revision" in body else "no value"
-        cause = f" ({change['type']} in {change['environment']})" if change else ""
-        click.echo(f"-- {namespace}/{key} in {environment}: {when}{cause}")
-        if "value" in body:
-            click.echo(pretty(body["value"]))
+        if change.deleted:
+            click.echo(
+                f"-- {namespace}/{key} in {environment}: no value (deleted at revision {change.revision})"
+            )
+            return
+        click.echo(f"-- {namespace}/{key} in {environment}: revision {change.revision} ({change.type})")
+        click.echo(pretty(change.value))
 
     with contextlib.suppress(KeyboardInterrupt):
-        app.run(follow, timeout=60.0)
+        asyncio.run(follow())
+
+
+_WATCH_ATTEMPTS = 5  # connection attempts in a row (jittered backoff, at most ~15 s) before watch gives up
+
+
+def _changes_of(
+    event: Change | Snapshot, namespace: str, key: str, environment: str, shown_sha: str | None
+) -> list[Change]:
+    """The changes of the watched key an event stands for; a snapshot without the key is its deletion."""
+    if isinstance(event, Change):
+        return [event]
+    for item in event.items:
+        if item.namespace == namespace and item.key == key:
+            return [item]
+    if shown_sha is None:
+        return []  # nothing on screen yet, so nothing to take back
+    return [Change("delete", event.revision, namespace, key, environment, None, "")]
 
 
 COMMANDS.append(watch)

@@ -15,7 +15,13 @@ from typing import Any
 
 import click
 
-from server.cli import commands_admin, commands_configs, commands_governance, commands_secrets
+from server.cli import (
+    commands_admin,
+    commands_agents,
+    commands_configs,
+    commands_governance,
+    commands_secrets,
+)
 from server.cli.context import App, CliEnv
 from server.cli.output import EXIT_CODES_HELP, EXIT_FAILED, exit_code_for, report_error
 from shared.errors import LLMConfigError
@@ -74,7 +80,7 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = App(CliEnv.from_environ(os.environ))
 
 
-for _module in (commands_configs, commands_admin, commands_governance, commands_secrets):
+for _module in (commands_configs, commands_admin, commands_governance, commands_secrets, commands_agents):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.keys import KeyProvider
+from server.service.agents import AgentService
 from server.service.audit import AuditService
 from server.service.changes import ChangeFeed, ChangeHub
 from server.service.configs import ConfigService
 from server.service.core import Clock, Core, Ctx, utc_now
 from server.service.keys import KeyService
+from server.service.rotation import RotationDue
 from server.service.schemas import SchemaService
 from server.service.secrets import SecretService
 from server.service.tenants import TenantService
+from server.service.watch import WatchService
 from server.storage import Storage
 
 __all__ = ["Ctx", "Services"]
@@ -28,6 +31,9 @@ class Services:
     secrets: SecretService
     keys: KeyService
     changes: ChangeFeed
+    agents: AgentService
+    watch: WatchService
+    rotation: RotationDue
 
     @classmethod
     def build(
@@ -45,6 +51,10 @@ class Services:
         configs = ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets)
         hub = ChangeHub()
         configs.commit_listeners.append(hub.notify)
+        secrets.commit_listeners.append(hub.notify)
+        watch = WatchService(core)
+        configs.commit_listeners.append(watch.notify)
+        secrets.commit_listeners.append(watch.notify)
         return cls(
             core=core,
             tenants=TenantService(core),
@@ -53,5 +63,8 @@ class Services:
             audit=AuditService(core),
             secrets=secrets,
             keys=KeyService(core, keys, secrets),
-            changes=ChangeFeed(core, configs, hub),
+            changes=ChangeFeed(core, hub, secrets),
+            agents=AgentService(core),
+            watch=watch,
+            rotation=RotationDue(core, secrets),
         )

@@ -1,0 +1,79 @@
+"""Server-Sent Events watch: GET /v1/watch?env=E&prefix=P&since=REV.
+
+Each event is written as ``id: <revision>`` / ``event: <type>`` / ``data: <json>``, so a
+client that reconnects with ``Last-Event-ID`` resumes right after the last event it got
+(a progress mark's id is a revision too: everything up to it has been delivered). All
+request errors are answered as problem+json before the stream starts. A watcher that
+doesn't take its events for ``SLOW_WATCHER_SECONDS`` is disconnected and resumes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server.api.http import ctx_of, query_int, services_of
+from server.service.changes import parse_wait
+from server.service.watch import DEFAULT_PROGRESS_SECONDS, WatchEvent
+from shared.errors import InvalidInput
+from shared.models import parse_environment
+
+SLOW_WATCHER_SECONDS = 30.0
+
+
+def frame(event: WatchEvent) -> bytes:
+    """One SSE event; ``id`` only where resuming after it can't skip a sibling of its revision."""
+    if not event.final:
+        return b"event: %s\ndata: %s\n\n" % (event.kind.encode(), event.payload)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind.encode(), event.payload)
+
+
+def _since(request: web.Request) -> int | None:
+    last = request.headers.get("Last-Event-ID")
+    if last is not None and last.strip():
+        raw = last.strip()
+        if not raw.isascii() or not raw.isdigit():
+            raise InvalidInput(f"Last-Event-ID must be a revision number, got {raw[:40]!r}")
+        return int(raw)
+    return query_int(request, "since", minimum=0)
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    env = request.query.get("env")
+    if not env:
+        raise InvalidInput("query parameter 'env' is required: the environment whose values to watch")
+    raw_progress = request.query.get("progress")
+    progress = DEFAULT_PROGRESS_SECONDS if raw_progress is None else parse_wait(raw_progress)
+    subscription = await services_of(request).watch.open(
+        ctx_of(request),
+        prefixes=request.query.getall("prefix", []),
+        environment=parse_environment(env),
+        since=_since(request),
+        key=request.query.get("key") or None,
+        progress_interval=progress,
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+            "X-Request-Id": ctx_of(request).request_id,
+        }
+    )
+    await response.prepare(request)
+    await response.write(b"retry: 1000\n\n")
+    async with subscription:
+        async for event in subscription:
+            try:
+                async with asyncio.timeout(SLOW_WATCHER_SECONDS):
+                    await response.write(frame(event))
+            except TimeoutError:
+                break  # too slow: let it reconnect and resume instead of holding others' memory
+            except (ConnectionResetError, ConnectionError):
+                break
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/watch", watch)

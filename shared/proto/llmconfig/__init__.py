@@ -1,0 +1,1 @@
+"""Generated gRPC code (see scripts/gen-proto); only the API edges import it."""
