@@ -515,7 +515,9 @@ def run_benchmark(args: argparse.Namespace, work: Path, children: list[Child]) -
     server_port = free_port()
     server = start_child(
         "llm-config-server",
-        server_argv("serve", "--data", str(data_dir), "--host", HOST, "--port", str(server_port)),
+        server_argv(
+            "serve", "--data", str(data_dir), "--host", HOST, "--port", str(server_port), "--grpc-port", "0"
+        ),
         work / "server.log",
     )
     children.append(server)

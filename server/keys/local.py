@@ -102,6 +102,11 @@ class LocalKeyProvider:
     def _unseal(self, record: KekRecord) -> bytes:
         cached = self._keks.get((record.tenant_id, record.version))
         if cached is None:
+            if record.sealed.startswith("vault:"):  # an encryption counter of the vault provider
+                raise DecryptionFailed(
+                    f"key-encryption key v{record.version} is held by Vault ({record.sealed}); "
+                    "serve with --key-provider vault"
+                )
             cached = open_sealed(
                 self._master,
                 unb64(record.sealed, "key-encryption key"),

@@ -13,6 +13,14 @@ rather than ``associated_data`` because Transit's ``rewrap`` endpoint accepts
 wrapped keys to a new key version without seeing them. Only the hash is sent, so
 Vault's audit log does not learn tenant or secret names.
 
+Encryptions are counted per (tenant, transit key version) in the store, in the
+``keks`` rows the local provider uses (here holding no key material, only the
+count): every wrap and every rewrap adds one inside the caller's transaction.
+Once a version has made ``max_encryptions`` (default 2**30, far below the 2**32
+random-nonce bound of AES-GCM) the provider asks Transit to rotate, so the next
+wraps use the new version; data keys on older versions stay readable and the
+rewrap job moves them.
+
 ``hvac`` is synchronous: each call runs in a worker thread. Vault's answers are
 translated here and never cross this module: anything that stops ``unwrap``
 becomes ``DecryptionFailed``; other failures become ``Unavailable``. Messages
@@ -28,15 +36,18 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import hvac  # type: ignore[import-untyped]
 import hvac.exceptions  # type: ignore[import-untyped]
 import requests
 
+from server.keys.local import DEFAULT_MAX_ENCRYPTIONS
 from server.storage import WriteTx
 from shared.crypto import DecryptionFailed, WrappedKey
 from shared.errors import InvalidInput, Unavailable
+from shared.models import KekRecord
 
 KEY_PREFIX = "llmcm-"
 _CIPHERTEXT = re.compile(r"^vault:v(\d+):[A-Za-z0-9+/=]+$")
@@ -73,6 +84,16 @@ def _context(aad: bytes) -> str:
     return base64.b64encode(hashlib.sha256(aad).digest()).decode("ascii")
 
 
+def latest_version(info: dict[str, Any]) -> int:
+    """The newest version in a read-key answer: ``latest_version``, else the highest of ``keys``."""
+    try:
+        if "latest_version" in info:
+            return int(info["latest_version"])
+        return max(int(v) for v in info["keys"])
+    except (KeyError, TypeError, ValueError):
+        raise _VaultFailed("read key answered without a key version", status=None) from None
+
+
 def ciphertext_version(blob: str) -> int:
     """N from ``vault:vN:…``; ``DecryptionFailed`` for anything else."""
     match = _CIPHERTEXT.match(blob)
@@ -84,9 +105,18 @@ def ciphertext_version(blob: str) -> int:
 class VaultKeyProvider:
     name = "vault"
 
-    def __init__(self, settings: VaultSettings, *, key_prefix: str = KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        settings: VaultSettings,
+        *,
+        key_prefix: str = KEY_PREFIX,
+        max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS,
+    ) -> None:
+        if max_encryptions < 1:
+            raise InvalidInput("max_encryptions must be at least 1")
         self.settings = settings
         self.key_prefix = key_prefix
+        self.max_encryptions = max_encryptions
         self._client = hvac.Client(
             url=settings.addr,
             token=settings.token or None,
@@ -183,6 +213,33 @@ class VaultKeyProvider:
             raise _VaultFailed("unexpected answer to read key", status=None)
         return data
 
+    # -- encryption budget --------------------------------------------------------
+
+    async def _count(self, tx: WriteTx, tenant_id: str, version: int) -> None:
+        """One more encryption by transit key ``version``; at the budget, rotate the key."""
+        known = {k.version for k in await tx.keks(tenant_id)}
+        if version in known:
+            used = await tx.count_encryption(tenant_id, version)
+        else:  # first use of this version here (or rotated outside this server): start counting
+            await tx.insert_kek(KekRecord(tenant_id, version, self.kek_id(tenant_id), _now(), 1))
+            known.add(version)
+            used = 1
+        if used >= self.max_encryptions and version == max(known):
+            await self._rotate(tx, tenant_id, known)
+
+    async def _rotate(self, tx: WriteTx, tenant_id: str, known: set[int]) -> int:
+        """Transit rotate; the new version gets a counter row so ``key status`` shows it at once."""
+        name = await self._ensure_key(tenant_id)
+        mount = self.settings.mount
+        try:
+            await self._call(lambda: self._client.secrets.transit.rotate_key(name, mount_point=mount))
+            version = latest_version(await self._read_key(name))
+        except _VaultFailed as exc:
+            raise Unavailable(f"Vault transit rotate of {mount}/{name} failed: {exc.reason}") from None
+        if version not in known:
+            await tx.insert_kek(KekRecord(tenant_id, version, self.kek_id(tenant_id), _now(), 0))
+        return version
+
     # -- KeyProvider --------------------------------------------------------------
 
     async def wrap(self, tx: WriteTx, tenant_id: str, dek: bytes, aad: bytes) -> WrappedKey:
@@ -195,10 +252,14 @@ class VaultKeyProvider:
                     name, plaintext=plaintext, context=_context(aad), mount_point=mount
                 )
             )
+            blob = str(reply["data"]["ciphertext"])
         except _VaultFailed as exc:
             raise Unavailable(f"Vault transit encrypt with {mount}/{name} failed: {exc.reason}") from None
-        blob = str(reply["data"]["ciphertext"])
-        return WrappedKey(self.kek_id(tenant_id), ciphertext_version(blob), blob)
+        except (KeyError, TypeError):
+            raise Unavailable(f"Vault transit encrypt with {mount}/{name}: no ciphertext") from None
+        wrapped = WrappedKey(self.kek_id(tenant_id), ciphertext_version(blob), blob)
+        await self._count(tx, tenant_id, wrapped.kek_version)
+        return wrapped
 
     async def unwrap(self, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> bytes:
         if wrapped.kek_id != self.kek_id(tenant_id):
@@ -214,8 +275,7 @@ class VaultKeyProvider:
             )
             dek = base64.b64decode(str(reply["data"]["plaintext"]), validate=True)
         except _VaultFailed as exc:
-            if exc.status is None or exc.status >= 500 or exc.status in (403, 429):
-                # unreachable, sealed, overloaded or our token refused: an outage, not tampering
+            if _outage(exc):
                 raise Unavailable(f"Vault transit decrypt with {mount}/{name} failed: {exc.reason}") from None
             raise DecryptionFailed(
                 f"wrapped data key: Vault transit decrypt with {mount}/{name} v{wrapped.kek_version} "
@@ -225,29 +285,25 @@ class VaultKeyProvider:
             raise DecryptionFailed("wrapped data key: Vault answered without a valid plaintext") from None
         return dek
 
-    async def rotate(self, tx: WriteTx | None, tenant_id: str) -> int:
-        name = await self._ensure_key(tenant_id)
-        mount = self.settings.mount
-        try:
-            await self._call(lambda: self._client.secrets.transit.rotate_key(name, mount_point=mount))
-            return await self.current_version(tenant_id)
-        except _VaultFailed as exc:
-            raise Unavailable(f"Vault transit rotate of {mount}/{name} failed: {exc.reason}") from None
+    async def rotate(self, tx: WriteTx, tenant_id: str) -> int:
+        """Add a transit key version now (``key rotate``); returns it."""
+        return await self._rotate(tx, tenant_id, {k.version for k in await tx.keks(tenant_id)})
 
     async def current_version(self, tenant_id: str) -> int:
         """The transit key's latest version (new wraps use it); 0 before the key exists."""
         name, mount = self.key_name(tenant_id), self.settings.mount
         try:
-            return int((await self._read_key(name))["latest_version"])
+            return latest_version(await self._read_key(name))
         except _VaultFailed as exc:
             if exc.status == 404:
                 return 0
             raise Unavailable(f"Vault transit read of {mount}/{name} failed: {exc.reason}") from None
 
-    async def rewrap(self, tx: WriteTx | None, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> WrappedKey:
+    async def rewrap(self, tx: WriteTx, tenant_id: str, wrapped: WrappedKey, aad: bytes) -> WrappedKey:
         """The same DEK wrapped with the latest key version, by Vault's rewrap: it never leaves Vault.
 
-        ``aad`` is needed because it is the derivation context the DEK was wrapped under.
+        ``aad`` is needed because it is the derivation context the DEK was wrapped under. The
+        rewrap is an encryption by the latest version, so it counts against that version's budget.
         """
         if wrapped.kek_id != self.kek_id(tenant_id):
             raise DecryptionFailed("data key was wrapped for another tenant or provider")
@@ -258,12 +314,27 @@ class VaultKeyProvider:
                     name, ciphertext=wrapped.blob, context=_context(aad), mount_point=mount
                 )
             )
+            blob = str(reply["data"]["ciphertext"])
         except _VaultFailed as exc:
+            if _outage(exc):  # the rewrap job pauses and retries; it must not report tampering
+                raise Unavailable(f"Vault transit rewrap with {mount}/{name} failed: {exc.reason}") from None
             raise DecryptionFailed(
                 f"wrapped data key: Vault transit rewrap with {mount}/{name} failed ({exc.reason})"
             ) from None
-        blob = str(reply["data"]["ciphertext"])
-        return WrappedKey(wrapped.kek_id, ciphertext_version(blob), blob)
+        except (KeyError, TypeError):
+            raise Unavailable(f"Vault transit rewrap with {mount}/{name}: no ciphertext") from None
+        moved = WrappedKey(wrapped.kek_id, ciphertext_version(blob), blob)
+        await self._count(tx, tenant_id, moved.kek_version)
+        return moved
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _outage(exc: _VaultFailed) -> bool:
+    """Unreachable, sealed, overloaded, or our token refused: not evidence of tampering."""
+    return exc.status is None or exc.status >= 500 or exc.status in (403, 429)
 
 
 def _status_of(exc: Exception) -> int | None:

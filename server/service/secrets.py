@@ -13,6 +13,9 @@ grace period given (then it is deprecated and no longer served).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +23,7 @@ from server.keys import KeyProvider
 from server.service import policy
 from server.service.core import Core, Ctx, iso
 from server.service.policy import Action
+from server.storage.base import SecretEvent
 from shared.crypto import (
     FORMAT_VERSION,
     DecryptionFailed,
@@ -36,6 +40,10 @@ from shared.models import Environment, SecretStatus, SecretVersion, validate_key
 
 MAX_SECRET_BYTES = 64 * 1024
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+# An opened value may be served again from memory for this long (each read still authorized and
+# audited); any write to the tenant's secrets drops it at once.
+PLAINTEXT_TTL_SECONDS = 5.0
+PLAINTEXT_CACHE_MAX = 256
 
 
 def secret_aad(
@@ -53,11 +61,17 @@ def secret_aad(
     )
 
 
+_RefusalKey = tuple[str, Action, tuple[Environment, ...], str]  # token id, action, environments, namespace
+_EVERYWHERE = tuple(Environment)
+_SERVED = {e.value: (e,) for e in Environment} | {Environment.GLOBAL.value: _EVERYWHERE}
+
+
 def served_environments(env: Environment | str | None) -> tuple[Environment, ...]:
     """Where a secret stored for ``env`` is used: everywhere for global, else that one."""
-    if env is None or Environment(env) is Environment.GLOBAL:
-        return tuple(Environment)
-    return (Environment(env),)
+    if env is None:
+        return _EVERYWHERE
+    served = _SERVED.get(env) if isinstance(env, str) else None
+    return served if served is not None else (Environment(env),)  # Environment() names a bad one
 
 
 def _environment(record: SecretVersion) -> str:
@@ -84,11 +98,29 @@ class SecretService:
         # tenant -> (namespace, key) -> versions newest first; dropped on any secret write in the tenant
         self._versions: dict[str, dict[tuple[str, str], list[SecretVersion]]] = {}
         self._generation: dict[str, int] = {}
+        # (tenant, namespace, key, version) -> (record opened, plaintext, monotonic expiry), oldest
+        # first; a hit needs the very record object the version cache holds now, so a reload
+        # (after any write) opens the value again
+        self._plain: dict[tuple[str, str, str, int], tuple[SecretVersion, str, float]] = {}
+        self._plain_sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        # tenant -> (token id, action, environments, namespace) -> refusal (None: allowed);
+        # dropped with the tenant's settings, as Core drops its memo of decisions
+        self._refusals: dict[str, dict[_RefusalKey, tuple[policy.Request, policy.Decision] | None]] = {}
+        core.settings_listeners.append(self._forget_refusals)
+        self.commit_listeners: list[Callable[[str], None]] = []  # called with the tenant after a write
+
+    def _forget_refusals(self, tenant_id: str) -> None:
+        """The tenant's settings changed: decisions taken on the old ones no longer hold."""
+        self._refusals.pop(tenant_id, None)
 
     def forget(self, tenant_id: str) -> None:
         """Drop cached version lists of a tenant (after any write to its secrets)."""
         self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
         self._versions.pop(tenant_id, None)
+        for slot in [slot for slot in self._plain if slot[0] == tenant_id]:
+            del self._plain[slot]
+        for listener in self.commit_listeners:
+            listener(tenant_id)
 
     async def _load(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
         cached = self._versions.get(tenant_id, {}).get((namespace, key))
@@ -117,8 +149,17 @@ class SecretService:
         what counts is where the secret is used: a secret stored for global serves every
         environment, production included, so only principals allowed in all of them read it.
         """
-        settings = await self.core.settings(ctx.principal.tenant_id)
-        refused = self._refusal(ctx, action, served, namespace, settings)
+        tenant_id = ctx.principal.tenant_id
+        memo = self._refusals.get(tenant_id)
+        slot = (ctx.principal.token_id, action, served, namespace)
+        if memo is not None and slot in memo:  # no secret decision depends on the time
+            refused = memo[slot]
+        else:
+            refused = self._refusal(ctx, action, served, namespace, await self.core.settings(tenant_id))
+            memo = self._refusals.setdefault(tenant_id, {})
+            if len(memo) >= 10_000:
+                memo.clear()
+            memo[slot] = refused
         if refused is not None:
             await self.core.deny(ctx, refused[0], refused[1], f"secret/{namespace}/{key}")
 
@@ -244,7 +285,19 @@ class SecretService:
         async with self.core.storage.write(tenant_id) as tx:
             for target in targets:
                 await tx.set_secret_status(tenant_id, namespace, key, target.version, "revoked", None)
-            await tx.next_revision()
+            # a revocation has no version row of its own: a notice keeps it in the change feed
+            await tx.insert_secret_event(
+                tenant_id,
+                SecretEvent(
+                    revision=await tx.next_revision(),
+                    namespace=namespace,
+                    key=key,
+                    kind="revoked",
+                    versions=tuple(t.version for t in targets),
+                    created_at=iso(self.core.clock()),
+                    data={"environment": _environment(versions[0]), "author": ctx.principal.name},
+                ),
+            )
             await self.core.audit_in(
                 tx,
                 self.core.draft(
@@ -262,16 +315,15 @@ class SecretService:
 
     def _servable(self, record: SecretVersion, now: datetime) -> str | None:
         """Why ``record`` can't be served now, or None if it can."""
-        stamp = iso(now)
         if record.status is SecretStatus.REVOKED:
             return "revoked"
         if record.status is SecretStatus.DEPRECATED or (
             record.status is SecretStatus.GRACE
             and record.valid_until is not None
-            and record.valid_until <= stamp
+            and record.valid_until <= iso(now)
         ):
             return "deprecated (replaced, past its grace period)"
-        if record.expires_at is not None and record.expires_at <= stamp:
+        if record.expires_at is not None and record.expires_at <= iso(now):
             return "expired"
         return None
 
@@ -318,6 +370,13 @@ class SecretService:
         refusal = self._servable(record, self.core.clock())
         if refusal is not None:
             raise NotFound(f"secret {namespace}/{key} version {record.version} is {refusal}")
+        slot = (tenant_id, namespace, key, record.version)
+        cached = self._plain.get(slot)
+        if cached is not None and cached[0] is record and cached[2] > time.monotonic():
+            await self.core.audit(
+                tenant_id, self.core.draft(ctx, "secret:read", resource, "ok", {"version": record.version})
+            )
+            return cached[1], record
         try:
             dek = await provider.unwrap(
                 tenant_id,
@@ -345,7 +404,31 @@ class SecretService:
         await self.core.audit(
             tenant_id, self.core.draft(ctx, "secret:read", resource, "ok", {"version": record.version})
         )
-        return plaintext.decode(), record
+        value = plaintext.decode()
+        self._remember(slot, record, value)
+        return value, record
+
+    def _remember(self, slot: tuple[str, str, str, int], record: SecretVersion, value: str) -> None:
+        """Keep an opened value for ``PLAINTEXT_TTL_SECONDS``; a timer drops it when that is up."""
+        self._plain.pop(slot, None)
+        if len(self._plain) >= PLAINTEXT_CACHE_MAX:
+            del self._plain[next(iter(self._plain))]
+        self._plain[slot] = (record, value, time.monotonic() + PLAINTEXT_TTL_SECONDS)
+        loop = asyncio.get_running_loop()
+        if self._plain_sweep is None or self._plain_sweep[0] is not loop:
+            self._plain_sweep = (loop, loop.call_later(PLAINTEXT_TTL_SECONDS, self._sweep_plain))
+
+    def _sweep_plain(self) -> None:
+        """Drop expired values (oldest first), then come back when the next one is due."""
+        self._plain_sweep = None
+        now = time.monotonic()
+        while self._plain:
+            slot, (_, _, expiry) = next(iter(self._plain.items()))
+            if expiry > now:
+                loop = asyncio.get_running_loop()
+                self._plain_sweep = (loop, loop.call_later(expiry - now, self._sweep_plain))
+                return
+            del self._plain[slot]
 
     async def versions(
         self, ctx: Ctx, namespace: str, key: str, *, env: Environment = Environment.GLOBAL
@@ -357,6 +440,12 @@ class SecretService:
         if not found:
             raise NotFound(f"secret {namespace}/{key} not found")
         return found
+
+    def listed(self, ctx: Ctx, environment: str | None, namespace: str, settings: dict[str, Any]) -> bool:
+        """Would ``list`` show the caller a secret of ``namespace`` stored for ``environment``?
+        (The change feed shows a secret's events to exactly those who may list it.)"""
+        served = served_environments(environment)
+        return self._refusal(ctx, Action.SECRET_READ, served, namespace, settings) is None
 
     def rotation_due(self, record: SecretVersion) -> bool:
         """Past its rotation interval (counted from when this version was stored)?"""

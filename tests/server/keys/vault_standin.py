@@ -5,8 +5,11 @@ against this aiohttp app, which implements the Transit and AppRole endpoints
 used, with the request and response shapes of the Vault HTTP API documentation:
 
 - ``POST /v1/<mount>/keys/:name``           create (idempotent; ``type``, ``derived``)
-- ``GET  /v1/<mount>/keys/:name``           read (``keys``, ``latest_version``, ``min_decryption_version`` …)
-- ``POST /v1/<mount>/keys/:name/rotate``    add a version
+- ``GET  /v1/<mount>/keys/:name``           read (``keys`` version → creation time, ``latest_version`` …);
+                                            404 ``{"errors": []}`` for an unknown key
+- ``POST /v1/<mount>/keys/:name/rotate``    add a version; answers the key as read does (as current
+                                            Vault does; older ones answer 204, so the provider reads
+                                            the key afterwards); 400 ``key not found``
 - ``POST /v1/<mount>/encrypt/:name``        base64 ``plaintext`` (+ ``context``) → ``vault:vN:…``
 - ``POST /v1/<mount>/decrypt/:name``        ``ciphertext`` (+ ``context``) → base64 ``plaintext``
 - ``POST /v1/<mount>/rewrap/:name``         ``ciphertext`` (+ ``context``) → latest-version ciphertext
@@ -115,23 +118,34 @@ class TransitKey:
             raise VaultProblem(400, "cipher: message authentication failed") from None
 
     def info(self, name: str) -> dict[str, Any]:
-        return {
+        """The ``data`` of read key (and of rotate) for an ``aes256-gcm96`` key, ``keys`` mapping each
+        version to its creation time in Unix seconds: the fields of the API documentation's sample
+        plus those Vault's transit backend adds (``latest_version``, ``min_available_version``,
+        ``auto_rotate_period``; ``kdf`` for derived keys). The sample's ``imported`` is answered as
+        ``imported_key``, as the backend does. The provider relies on ``keys`` (or ``latest_version``)."""
+        data: dict[str, Any] = {
             "name": name,
             "type": "aes256-gcm96",
             "derived": self.derived,
-            "kdf": "hkdf_sha256" if self.derived else None,
-            "keys": {str(v): t for v, t in self.created.items()},
-            "latest_version": self.latest,
+            "deletion_allowed": False,
             "min_available_version": 0,
             "min_decryption_version": self.min_decryption_version,
             "min_encryption_version": 0,
-            "deletion_allowed": False,
+            "latest_version": self.latest,
             "exportable": False,
+            "allow_plaintext_backup": False,
             "supports_encryption": True,
             "supports_decryption": True,
-            "supports_derivation": True,
             "supports_signing": False,
+            "supports_derivation": True,
+            "auto_rotate_period": 0,
+            "imported_key": False,
+            "keys": {str(v): t for v, t in self.created.items()},
         }
+        if self.derived:
+            data["kdf"] = "hkdf_sha256"
+            data["convergent_encryption"] = False
+        return data
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -159,6 +173,7 @@ class StandinVault:
         self.approles: dict[str, str] = {}  # role_id -> secret_id
         self.keys: dict[str, TransitKey] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, body)
+        self.rotations: list[str] = []  # names of keys rotated, in order
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -274,14 +289,22 @@ class StandinVault:
         return self._reply(key.info(name))
 
     async def read_key(self, request: web.Request) -> web.Response:
+        """``GET keys/:name``; an unknown key is 404 with an empty ``errors`` list, as Vault answers."""
         name = request.match_info["name"]
         if name not in self.keys:
             raise VaultProblem(404)
         return self._reply(self.keys[name].info(name))
 
     async def rotate_key(self, request: web.Request) -> web.Response:
-        name, key = self._key(request)
+        """``POST keys/:name/rotate``: no body needed (``managed_key_name`` / ``managed_key_id``
+        only matter for managed keys); an unknown key is 400 ``key not found``."""
+        await self._body(request)
+        name = request.match_info["name"]
+        key = self.keys.get(name)
+        if key is None:
+            raise VaultProblem(400, "key not found")
         key.add_version()
+        self.rotations.append(name)
         return self._reply(key.info(name))
 
     async def encrypt(self, request: web.Request) -> web.Response:
