@@ -1,11 +1,12 @@
 """An async REST client for the LLM-Config-Manager server, one method per endpoint.
 
-The operator CLI talks to the server only through this module, and the SDK
-(``ConfigClient``) will grow out of it, so it knows nothing about terminals or
-exit codes. It owns the HTTP edge: a problem+json answer becomes the project's
+The operator CLI talks to the server through this module, and the SDK's REST
+transport (``shared.sdk.rest``) is built on it, so it knows nothing about terminals
+or exit codes. It owns the HTTP edge: a problem+json answer becomes the project's
 own exception via ``shared.errors.from_problem``, a connection failure becomes
 ``Unavailable`` naming the server URL (never the token), and anything that is
-not JSON becomes ``ProtocolError``. No aiohttp exception leaves this module.
+not JSON becomes ``ProtocolError``. No aiohttp exception leaves this module, also
+not from a streamed body (``RestClient.stream``, used for Server-Sent Events).
 
     async with RestClient("http://127.0.0.1:8080", token) as client:
         entry = await client.get_config("llm-gateway/routing", "primary-model", env="production")
@@ -18,8 +19,10 @@ with the same message the server would give.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +34,7 @@ from shared.models import parse_environment, validate_key, validate_namespace
 
 DEFAULT_TIMEOUT = 30.0
 _USER_AGENT = "llm-config-manager-client/0.1"
+_ERROR_BODY_MAX = 64 * 1024  # an error answer to a stream request is read up to this size
 
 
 def check_server_url(raw: str) -> str:
@@ -78,6 +82,7 @@ class RestClient:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._streams: set[aiohttp.ClientResponse] = set()  # open streams; close() ends them
 
     async def __aenter__(self) -> RestClient:
         return self
@@ -88,6 +93,9 @@ class RestClient:
         await self.close()
 
     async def close(self) -> None:
+        # closing the session alone leaves a reader of a streamed body waiting forever
+        for response in list(self._streams):
+            response.close()
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
@@ -126,16 +134,72 @@ class RestClient:
                 return self._answer(method, path, response.status, response.content_type, raw)
         except LLMConfigError:
             raise
-        except TimeoutError:
-            raise Unavailable(f"server {self.base_url} did not answer {method} {path} in time") from None
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise self._unavailable(exc, method, path) from None
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: dict[str, str] | None = None,
+        accept: str = "text/event-stream",
+        read_timeout: float | None = None,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """GET ``path`` and yield its body as chunks, for as long as the server sends it.
+
+        An error answer raises the project's exception before anything is yielded, exactly as
+        ``request`` does; a 2xx answer of another type than ``accept`` is a ``ProtocolError``.
+        ``read_timeout`` bounds the silence between two chunks (None: no bound); a silence
+        longer than that, a reset or a truncated body raises ``Unavailable`` from the iterator.
+        """
+        url = URL(self.base_url + path, encoded=True)
+        hdrs = {"Accept": accept, **(headers or {})}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=read_timeout)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    self._session_for_request().get(
+                        url, params=list(query) or None, headers=hdrs, timeout=timeout
+                    )
+                )
+                stack.callback(response.close)  # never hand a half-read stream back to the pool
+                self._streams.add(response)
+                stack.callback(self._streams.discard, response)
+                if not 200 <= response.status < 300:
+                    raw = await _read_bounded(response.content, _ERROR_BODY_MAX)
+                    self._answer("GET", path, response.status, response.content_type, raw)
+                if response.content_type != accept:
+                    raise ProtocolError(
+                        f"server {self.base_url} answered GET {path} with "
+                        f"{response.content_type or 'no type'}, not {accept}"
+                    )
+            except LLMConfigError:
+                raise
+            except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+                raise self._unavailable(exc, "GET", path) from None
+            # outside the try: what the caller raises while reading is the caller's, not ours
+            yield self._chunks(response, path)
+
+    async def _chunks(self, response: aiohttp.ClientResponse, path: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise self._unavailable(exc, "GET", path) from None
+
+    def _unavailable(self, exc: BaseException, method: str, path: str) -> Unavailable:
+        """A transport failure as ``Unavailable`` naming the server and the request, never the token."""
+        if isinstance(exc, TimeoutError):
+            return Unavailable(f"server {self.base_url} did not answer {method} {path} in time")
+        if isinstance(exc, aiohttp.ClientConnectorError):
             errno = exc.os_error.errno
             reason = os.strerror(errno).lower() if errno else type(exc.os_error).__name__
-            raise Unavailable(f"cannot reach server {self.base_url}: {reason}") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise Unavailable(
-                f"connection to server {self.base_url} failed during {method} {path}: {type(exc).__name__}"
-            ) from None
+            return Unavailable(f"cannot reach server {self.base_url}: {reason}")
+        return Unavailable(
+            f"connection to server {self.base_url} failed during {method} {path}: {type(exc).__name__}"
+        )
 
     def _answer(self, method: str, path: str, status: int, content_type: str, raw: bytes) -> Any:
         parsed: Any = None
@@ -435,6 +499,17 @@ class RestClient:
         if token_id is not None:
             body["token_id"] = token_id
         return await self._obj("POST", "/v1/policy/explain", body=body)
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes (an error answer; its end may never come on a broken server)."""
+    raw = bytearray()
+    while len(raw) < limit:
+        chunk = await content.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 _SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
