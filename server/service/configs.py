@@ -656,17 +656,3 @@ class ConfigService:
         for listener in self.commit_listeners:
             listener(tenant_id)
         return WriteResult(new, changed=True)
-
-    async def changes_since(self, ctx: Ctx, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
-        """Committed versions after ``revision`` in revision order (for watch and edge sync)."""
-        tenant_id = ctx.principal.tenant_id
-        settings = await self.core.settings(tenant_id)
-        rows = await self.core.storage.changes_since(tenant_id, revision, limit=limit)
-
-        def readable(row: ConfigVersion) -> bool:
-            request = policy.Request(
-                Action.CONFIG_READ, row.environment, row.namespace, _classification(row.metadata)
-            )
-            return self.core.decide(ctx.principal, request, settings).allowed
-
-        return [r for r in rows if readable(r)]

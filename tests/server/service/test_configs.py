@@ -321,7 +321,7 @@ class TestChangesSince:
             metadata={"classification": "restricted"},
         )
         dev = await token_ctx(services, admin_ctx, "developer")
-        seen = await services.configs.changes_since(dev, 0)
-        assert [(c.namespace, c.environment.value) for c in seen] == [("app", "development")]
-        everything = await services.configs.changes_since(pii, 0)
-        assert [c.revision for c in everything] == [1, 2, 3]
+        seen = (await services.changes.poll(dev, 0))["changes"]
+        assert [(c["namespace"], c["environment"]) for c in seen] == [("app", "development")]
+        everything = (await services.changes.poll(pii, 0))["changes"]
+        assert [c["revision"] for c in everything] == [1, 2, 3]
