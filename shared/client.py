@@ -189,8 +189,16 @@ class RestClient:
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             raise self._unavailable(exc, "GET", path) from None
 
-    def _unavailable(self, exc: BaseException, method: str, path: str) -> Unavailable:
-        """A transport failure as ``Unavailable`` naming the server and the request, never the token."""
+    def _unavailable(self, exc: BaseException, method: str, path: str) -> LLMConfigError:
+        """A transport failure as ``Unavailable`` naming the server and the request, never the token.
+
+        An untrusted certificate is no outage: retrying can't fix it, so it is a ``ProtocolError``.
+        """
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return ProtocolError(
+                f"server {self.base_url} presented a TLS certificate this client does not trust "
+                f"({type(exc.certificate_error).__name__}); give its CA with SSL_CERT_FILE"
+            )
         if isinstance(exc, TimeoutError):
             return Unavailable(f"server {self.base_url} did not answer {method} {path} in time")
         if isinstance(exc, aiohttp.ClientConnectorError):

@@ -74,3 +74,17 @@ class TestBearerOverTls:
         reply = with_cert.get("/v1/whoami")
         assert reply.status == 200
         assert reply.json["roles"] == ["global-admin"]
+
+
+async def test_the_client_names_an_untrusted_certificate_and_does_not_retry(
+    secure_server: ServerProcess,
+) -> None:
+    """A server certificate the client doesn't trust is a clear, final error, not an outage to retry."""
+    from shared.client import RestClient
+    from shared.errors import ProtocolError
+
+    async with RestClient(f"https://127.0.0.1:{secure_server.port}", secure_server.token) as client:
+        with pytest.raises(ProtocolError, match="does not trust") as caught:
+            await client.request("GET", "/v1/whoami")
+    assert not caught.value.retriable
+    assert secure_server.token not in str(caught.value)
