@@ -19,6 +19,7 @@ from server.cli import (
     commands_admin,
     commands_agents,
     commands_configs,
+    commands_demo,
     commands_governance,
     commands_secrets,
 )
@@ -80,7 +81,14 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = App(CliEnv.from_environ(os.environ))
 
 
-for _module in (commands_configs, commands_admin, commands_governance, commands_secrets, commands_agents):
+for _module in (
+    commands_configs,
+    commands_admin,
+    commands_governance,
+    commands_secrets,
+    commands_agents,
+    commands_demo,
+):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
