@@ -26,10 +26,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.cache import Cache
 from agent.config import AgentConfig
 from agent.errors import CacheError, FileSetError, ReloadFailed
 from agent.fileset import AppliedSet, FileSet, FileSpec, StagedSet
@@ -40,6 +40,9 @@ from agent.reload import Reloader, run_check, wait_healthy
 from agent.report import Reporter
 from agent.state import ConfigState
 from shared.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from agent.cache import Cache  # cryptography and sqlitedict load only when a cache is used
 
 log = structlog.get_logger("agent.applier")
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.cache import parse_key
 from agent.render import Format, Template, parse_format
 from shared.errors import InvalidInput
 from shared.models import Environment, parse_environment, redact_url, validate_namespace
@@ -467,6 +466,8 @@ def _secrets(env: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any
     elif env.get("LLMCM_TOKEN", "").strip():
         out["token"] = _check_token(env["LLMCM_TOKEN"].strip(), "LLMCM_TOKEN")
     if env.get("CACHE_KEY", "").strip():
+        from agent.cache import parse_key  # cryptography is loaded only when a cache is used
+
         out["cache_key"] = parse_key(env["CACHE_KEY"], "CACHE_KEY")
     return out
 

@@ -28,13 +28,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
-from tenacity.wait import wait_random_exponential
 
 from agent.applier import Applier
-from agent.cache import Cache, load_or_create_key
 from agent.config import AgentConfig
 from agent.drift import repair_drift
 from agent.errors import CacheError
@@ -47,6 +45,11 @@ from agent.source import Source
 from agent.state import ConfigState
 from shared.errors import LLMConfigError, Unavailable
 from shared.models import redact_url
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+    from agent.cache import Cache
 
 log = structlog.get_logger("agent.core")
 
@@ -98,6 +101,8 @@ class Parts:
 def _open_cache(cfg: AgentConfig) -> Cache | None:
     if cfg.cache_path is None:
         return None
+    from agent.cache import Cache, load_or_create_key  # cryptography and sqlitedict: only with a cache
+
     try:
         key = cfg.cache_key
         if key is None:
@@ -147,6 +152,9 @@ async def fetch_with_retry(source: Source, time_limit: float) -> ConfigState:
     An error retrying cannot fix (a refused token, a missing permission) is raised at once;
     when time runs out the last error is raised, as ``Unavailable``.
     """
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay
+    from tenacity.wait import wait_random_exponential
+
     last: list[LLMConfigError] = []
 
     def note(state: RetryCallState) -> None:

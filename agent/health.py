@@ -7,32 +7,37 @@ server, a reload, a failure); ``HealthServer`` serves it:
     GET /health/ready   200 after the first successful apply and while the set is no
                         older than --max-stale (time since the server last confirmed it);
                         503 with the reason otherwise. Files keep being served either way.
-    GET /metrics        Prometheus text: llmcm_agent_applied_revision,
+    GET /metrics        Prometheus text format: llmcm_agent_applied_revision,
                         llmcm_agent_last_apply_timestamp_seconds, llmcm_agent_applies_total,
                         llmcm_agent_reloads_total, llmcm_agent_failures_total{kind},
                         llmcm_agent_staleness_seconds, llmcm_agent_ready
 
 Everything runs on the event loop thread, so the status needs no lock. Extra routes
-(the standalone read API) can be mounted on the same server.
+(the standalone read API) can be mounted on the same server. The server is
+``agent.http1``'s and the metrics text is written here, so neither aiohttp nor
+prometheus_client is loaded (the agent's memory budget is small).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
+from agent import http1
+from agent.http1 import Reply
 from shared.errors import InvalidInput
 
+if TYPE_CHECKING:
+    import asyncio
+
 FAILURE_KINDS = ("sync", "render", "apply", "check", "reload", "health", "cache", "report", "other")
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
 
-class AgentStatus(Collector):
+class AgentStatus:
     """What the agent has done so far; the source of /health/ready and /metrics."""
 
     def __init__(self, *, max_stale: float | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -45,8 +50,6 @@ class AgentStatus(Collector):
         self.applies = 0
         self.reloads = 0
         self.failures: dict[str, int] = dict.fromkeys(FAILURE_KINDS, 0)
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
 
     # ---- updates from the core loop
 
@@ -88,34 +91,57 @@ class AgentStatus(Collector):
 
     # ---- Prometheus
 
-    def collect(self) -> Iterator[Metric]:
-        revision = GaugeMetricFamily("llmcm_agent_applied_revision", "Revision of the applied set")
-        if self.applied_revision is not None:
-            revision.add_metric([], self.applied_revision)
-        yield revision
-        last = GaugeMetricFamily(
-            "llmcm_agent_last_apply_timestamp_seconds", "Unix time of the last successful apply"
-        )
-        if self.last_apply_at is not None:
-            last.add_metric([], self.last_apply_at)
-        yield last
-        yield CounterMetricFamily("llmcm_agent_applies", "Sets applied (written or unchanged)", self.applies)
-        yield CounterMetricFamily("llmcm_agent_reloads", "Reloads of the app", self.reloads)
-        failures = CounterMetricFamily("llmcm_agent_failures", "Failures by kind", labels=["kind"])
-        for kind, count in self.failures.items():
-            failures.add_metric([kind], count)
-        yield failures
-        yield GaugeMetricFamily(
-            "llmcm_agent_staleness_seconds", "Seconds since the server confirmed the set", self.staleness()
-        )
+    def metrics_text(self) -> str:
+        """The metrics in the Prometheus text format (written here: prometheus_client would
+        cost the agent more memory than everything it measures)."""
         ready = float(self.readiness()[0])
-        yield GaugeMetricFamily("llmcm_agent_ready", "1 when /health/ready answers 200", ready)
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: Sequence[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            suffix = "_total" if kind == "counter" else ""
+            lines.extend(f"{name}{suffix}{labels} {_number(value)}" for labels, value in samples)
+
+        revision = [] if self.applied_revision is None else [("", float(self.applied_revision))]
+        family("llmcm_agent_applied_revision", "gauge", "Revision of the applied set", revision)
+        last = [] if self.last_apply_at is None else [("", self.last_apply_at)]
+        family("llmcm_agent_last_apply_timestamp_seconds", "gauge", "Unix time of the last apply", last)
+        family("llmcm_agent_applies", "counter", "Sets applied (written or unchanged)", [("", self.applies)])
+        family("llmcm_agent_reloads", "counter", "Reloads of the app", [("", self.reloads)])
+        failures = [(f'{{kind="{kind}"}}', float(count)) for kind, count in self.failures.items()]
+        family("llmcm_agent_failures", "counter", "Failures by kind", failures)
+        stale = [("", self.staleness())]
+        family("llmcm_agent_staleness_seconds", "gauge", "Seconds since the server confirmed the set", stale)
+        family("llmcm_agent_ready", "gauge", "1 when /health/ready answers 200", [("", ready)])
+        return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An extra GET route: ``path`` exactly, or every path under it when it ends with '/'.
+    ``handler(path, query)`` answers it."""
+
+    path: str
+    handler: Callable[[str, Mapping[str, str]], Awaitable[Reply]]
+
+    def matches(self, path: str) -> bool:
+        return path == self.path or (self.path.endswith("/") and path.startswith(self.path))
+
+
+def _problem(status: int, title: str) -> Reply:
+    return Reply.json({"title": title, "status": status}, status, content_type="application/problem+json")
 
 
 class HealthServer:
     """``async with HealthServer(status, host, port) as server:`` serves until the block ends.
 
-    Port 0 picks a free port (``server.port`` tells which). ``stop()`` is safe twice.
+    Port 0 picks a free port (``server.port`` tells which). ``stop()`` is safe twice. GET
+    (and HEAD) only; one request per connection (``agent.http1``).
     """
 
     def __init__(
@@ -124,38 +150,31 @@ class HealthServer:
         host: str = "127.0.0.1",
         port: int = 8081,
         *,
-        routes: Sequence[web.RouteDef] = (),
+        routes: Sequence[Route] = (),
     ) -> None:
         self.status = status
         self.host = host
         self.port = port
-        self._app = web.Application()
-        self._app.router.add_get("/health/live", self._live)
-        self._app.router.add_get("/health/ready", self._ready)
-        self._app.router.add_get("/metrics", self._metrics)
-        self._app.router.add_routes(routes)
-        self._runner: web.AppRunner | None = None
+        self.routes = tuple(routes)
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._server is not None:
             return
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            server = await http1.serve(self._handle, self.host, self.port)
         except OSError as exc:
-            await runner.cleanup()
             raise InvalidInput(
                 f"cannot listen on {self.host}:{self.port} for health and metrics: {exc.strerror}"
             ) from None
-        self._runner = runner
-        address = runner.addresses[0]
-        self.port = int(address[1])
+        self._server = server
+        self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
     async def __aenter__(self) -> HealthServer:
         await self.start()
@@ -166,10 +185,22 @@ class HealthServer:
     ) -> None:
         await self.stop()
 
-    async def _live(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def _handle(self, method: str, path: str, query: dict[str, str]) -> Reply:
+        if method not in ("GET", "HEAD"):
+            reply = _problem(405, "method not allowed")
+            return Reply(reply.status, reply.body, reply.content_type, {"Allow": "GET, HEAD"})
+        if path == "/health/live":
+            return Reply.json({"status": "ok"})
+        if path == "/health/ready":
+            return self._ready()
+        if path == "/metrics":
+            return Reply(200, self.status.metrics_text().encode(), METRICS_CONTENT_TYPE)
+        for route in self.routes:
+            if route.matches(path):
+                return await route.handler(path, query)
+        return _problem(404, "not found")
 
-    async def _ready(self, request: web.Request) -> web.Response:
+    def _ready(self) -> Reply:
         ready, reason = self.status.readiness()
         body = {
             "status": "ready" if ready else "not_ready",
@@ -177,9 +208,4 @@ class HealthServer:
             "revision": self.status.applied_revision,
             "staleness_seconds": round(self.status.staleness(), 3),
         }
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.status.registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+        return Reply.json(body, 200 if ready else 503)

@@ -12,25 +12,24 @@ otherwise. Errors are problem+json.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import web
-
+from agent.health import Route
+from agent.http1 import Reply
 from agent.state import ConfigState
 from shared.errors import InvalidInput, LLMConfigError, NotFound, Unavailable
 from shared.models import validate_key, validate_namespace
 
 NO_STORE = {"Cache-Control": "no-store"}
+PREFIX = "/v1/configs/"
 
 
-def _problem(exc: LLMConfigError) -> web.Response:
-    return web.json_response(
-        exc.to_problem(), status=exc.status, content_type="application/problem+json", headers=NO_STORE
-    )
+def _problem(exc: LLMConfigError) -> Reply:
+    return Reply.json(exc.to_problem(), exc.status, content_type="application/problem+json", headers=NO_STORE)
 
 
-def read_routes(current: Callable[[], ConfigState | None], environment: str) -> list[web.RouteDef]:
+def read_routes(current: Callable[[], ConfigState | None], environment: str) -> list[Route]:
     """Routes answering from ``current()``, the applied state (None before the first apply)."""
 
     def applied() -> ConfigState:
@@ -39,7 +38,7 @@ def read_routes(current: Callable[[], ConfigState | None], environment: str) -> 
             raise Unavailable("no configuration applied yet (server unreachable and no usable cache)")
         return state
 
-    async def list_configs(request: web.Request) -> web.Response:
+    async def list_configs(path: str, query: Mapping[str, str]) -> Reply:
         try:
             state = applied()
         except LLMConfigError as exc:
@@ -49,10 +48,10 @@ def read_routes(current: Callable[[], ConfigState | None], environment: str) -> 
             for (namespace, key), entry in sorted(state.entries.items())
         ]
         body = {"environment": environment, "revision": state.revision, "items": items}
-        return web.json_response(body, headers=NO_STORE)
+        return Reply.json(body, headers=NO_STORE)
 
-    async def get_config(request: web.Request) -> web.Response:
-        namespace, _, key = request.match_info["path"].rpartition("/")
+    async def get_config(path: str, query: Mapping[str, str]) -> Reply:
+        namespace, _, key = path.removeprefix(PREFIX).rpartition("/")
         try:
             validate_namespace(namespace)
             validate_key(key)
@@ -71,6 +70,6 @@ def read_routes(current: Callable[[], ConfigState | None], environment: str) -> 
             "revision": entry.revision,
             "value": entry.value,
         }
-        return web.json_response(body, headers=NO_STORE)
+        return Reply.json(body, headers=NO_STORE)
 
-    return [web.get("/v1/configs", list_configs), web.get("/v1/configs/{path:.+}", get_config)]
+    return [Route("/v1/configs", list_configs), Route(PREFIX, get_config)]

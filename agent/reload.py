@@ -28,19 +28,22 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
-import psutil
 import structlog
 
+from agent import http1
 from agent.config import AgentConfig
 from agent.errors import ReloadFailed
 from shared.models import redact_url
 
+if TYPE_CHECKING:
+    import psutil
+
 log = structlog.get_logger("agent.reload")
 
 OUTPUT_LIMIT = 16 << 10  # bytes of command output kept (the tail)
+REPLY_LIMIT = 1 << 20  # bytes an app's answer to --reload-url / --health-url may have
 
 
 # ---- finding the app
@@ -79,6 +82,8 @@ class ProcessFinder:
             raise ReloadFailed(f"cannot read pid file {self.pid_file}: {exc.strerror}") from None
         if not text.isdigit() or int(text) <= 0:
             raise ReloadFailed(f"pid file {self.pid_file} does not hold a process id")
+        import psutil
+
         try:
             proc = psutil.Process(int(text))
         except psutil.NoSuchProcess:
@@ -86,6 +91,8 @@ class ProcessFinder:
         return [proc] if alive(proc) else []
 
     def _scan(self) -> list[psutil.Process]:
+        import psutil
+
         excluded = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
         matches: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline", "status"]):
@@ -101,6 +108,8 @@ class ProcessFinder:
 
 def alive(proc: psutil.Process) -> bool:
     """Running and not a zombie (a zombie has exited; psutil's is_running says yes to it)."""
+    import psutil
+
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -134,6 +143,8 @@ class SignalReloader:
         return await asyncio.to_thread(self._send)
 
     def _send(self) -> ReloadResult:
+        import psutil
+
         sent: list[psutil.Process] = []
         for proc in self.finder.find():
             try:
@@ -179,20 +190,18 @@ class UrlReloader:
 
     async def reload(self) -> ReloadResult:
         try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
-                session.post(self.url) as response,
-            ):
-                body = await response.content.read(OUTPUT_LIMIT)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            response = await http1.request(
+                "POST", self.url, body=b"", time_limit=self.timeout, max_body=REPLY_LIMIT
+            )
+        except (OSError, TimeoutError, http1.BadResponse) as exc:
             raise ReloadFailed(f"{self.description} failed: {type(exc).__name__}") from None
-        if not 200 <= status < 300:
-            exc2 = ReloadFailed(f"{self.description} answered HTTP {status}")
-            exc2.output = body.decode(errors="replace")
+        output = response.body[:OUTPUT_LIMIT].decode(errors="replace")
+        if not 200 <= response.status < 300:
+            exc2 = ReloadFailed(f"{self.description} answered HTTP {response.status}")
+            exc2.output = output
             raise exc2
-        log.info("app_reload_url_posted", url=redact_url(self.url), status=status)
-        return ReloadResult("url", output=body.decode(errors="replace"))
+        log.info("app_reload_url_posted", url=redact_url(self.url), status=response.status)
+        return ReloadResult("url", output=output)
 
 
 def build_reloader(cfg: AgentConfig) -> Reloader | None:
@@ -289,23 +298,24 @@ async def wait_healthy(
     deadline = loop.time() + time_limit
     shown = redact_url(url)
     last = "no answer yet"
-    async with aiohttp.ClientSession() as session:
-        while True:
-            for proc in processes:
-                if not await asyncio.to_thread(alive, proc):
-                    return HealthResult(False, f"app process {proc.pid} exited after the reload")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return HealthResult(False, f"{shown} not healthy within {time_limit:g} s ({last})")
-            try:
-                per_try = aiohttp.ClientTimeout(total=min(remaining, 2.0))
-                async with session.get(url, timeout=per_try, allow_redirects=False) as response:
-                    if 200 <= response.status < 300:
-                        return HealthResult(True, f"{shown} answered HTTP {response.status}")
-                    last = f"last answer HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = f"last try {type(exc).__name__}"
-            await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+    while True:
+        for proc in processes:
+            if not await asyncio.to_thread(alive, proc):
+                return HealthResult(False, f"app process {proc.pid} exited after the reload")
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return HealthResult(False, f"{shown} not healthy within {time_limit:g} s ({last})")
+        try:
+            response = await http1.request(
+                "GET", url, time_limit=min(remaining, 2.0), max_body=REPLY_LIMIT
+            )
+        except (OSError, TimeoutError, http1.BadResponse) as exc:
+            last = f"last try {type(exc).__name__}"
+        else:
+            if 200 <= response.status < 300:
+                return HealthResult(True, f"{shown} answered HTTP {response.status}")
+            last = f"last answer HTTP {response.status}"
+        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
 
 
 # ---- debounce

@@ -8,11 +8,11 @@ Formats are chosen per namespace; each entry becomes ``<namespace>/<key><suffix>
             values quoted for POSIX sh (``set -a; . ./file.env``)
 
 A template (e.g. an nginx.conf) is compiled once from its text and rendered in
-``jinja2.sandbox.ImmutableSandboxedEnvironment`` with ``StrictUndefined``: no
-loader (``include``/``import``/``extends`` fail), no globals (no ``range``,
-``cycler``, ``lipsum``, ``namespace``, no env vars), only an allow-list of pure
-filters, no access to ``_``-prefixed attributes, no mutation of the values it is
-given. ``*`` and ``**`` are bounded and the output is capped while it streams.
+the sandbox of ``agent.sandbox`` (``jinja2.sandbox.ImmutableSandboxedEnvironment``
+with ``StrictUndefined``: no loader, no globals, no env vars, an allow-list of pure
+filters, bounded ``*`` and ``**``); the output is capped while it streams. Jinja2 and
+PyYAML are imported only when a template or a YAML namespace needs them, so an agent
+writing JSON does not pay their memory.
 
 Error messages name the template and line; a message that would quote something
 not written in the template itself (a value, perhaps a secret) is withheld.
@@ -24,21 +24,17 @@ import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
-
-import jinja2
-import yaml
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import RenderError
 from agent.fileset import FileSpec, check_relpath
 from shared.errors import InvalidInput
 from shared.models import canonical_json
 
+if TYPE_CHECKING:
+    import jinja2
+
 MAX_OUTPUT_BYTES = 16 << 20
-MAX_REPEAT = 1 << 20  # longest string or list that '*' may build in a template
-MAX_EXPONENT = 1000
 
 
 class Format(StrEnum):
@@ -64,6 +60,8 @@ def render_value(value: Any, fmt: Format) -> bytes:
     if fmt is Format.JSON:
         return canonical_json(value) + b"\n"
     if fmt is Format.YAML:
+        import yaml  # only for namespaces written as YAML
+
         return yaml.safe_dump(value, sort_keys=True, allow_unicode=True, default_flow_style=False).encode()
     return render_dotenv(value)
 
@@ -135,59 +133,8 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-# ---- templates
+# ---- templates (jinja2 is imported only when a template is configured: agent.sandbox)
 
-# Pure filters only: no attr/format (attribute and format-string access), no random (output
-# must be reproducible), no pprint/urlize/xmlattr/safe/escape (nothing to escape for).
-_FILTERS = (
-    "abs", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "filesizeformat",
-    "first", "float", "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower",
-    "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round", "select", "selectattr",
-    "slice", "sort", "string", "striptags", "sum", "title", "trim", "truncate", "unique", "upper",
-    "urlencode", "wordcount", "wordwrap",
-)
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, indent=indent)
-
-
-def _toyaml(value: Any) -> str:
-    text: str = yaml.safe_dump(value, sort_keys=True, allow_unicode=True, default_flow_style=False)
-    return text
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-                raise jinja2.exceptions.SecurityError(f"exponent above {MAX_EXPONENT} is not allowed")
-            return left**right
-        for seq, times in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                if len(seq) * times > MAX_REPEAT:
-                    raise jinja2.exceptions.SecurityError(f"'*' would build more than {MAX_REPEAT} items")
-        return left * right
-
-
-def _environment() -> _Sandbox:
-    env = _Sandbox(
-        loader=None,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        auto_reload=False,
-    )
-    env.globals.clear()
-    env.filters = {name: env.filters[name] for name in _FILTERS}
-    env.filters["tojson"] = _tojson
-    env.filters["toyaml"] = _toyaml
-    return env
-
-
-_ENV = _environment()
 _QUOTED = re.compile(r"'([^']*)'")
 # how Jinja and Python name a type in a message: 'str' object, 'dict object'
 _TYPE_MENTION = re.compile(r"'[A-Za-z_][A-Za-z0-9_]{0,60}(?:' object| object')", re.ASCII)
@@ -205,13 +152,16 @@ class Template:
         self.output = output
         self._source = source
         self._filename = f"<template {output}>"
+        import jinja2
+
+        from agent.sandbox import compile_template
+
         try:
-            code = _ENV.compile(source, name=output, filename=self._filename)
+            self._template: jinja2.Template = compile_template(source, output, self._filename)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(
                 f"template {output} line {exc.lineno}: syntax error: {self._safe(exc.message or '')}"
             ) from None
-        self._template = _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
 
     def render(self, context: Mapping[str, Any], *, secret: bool = False) -> FileSpec:
         """Render with only ``context`` visible; ``RenderError`` naming the line on any failure."""
@@ -238,16 +188,10 @@ class Template:
             if tb.tb_frame.f_code.co_filename == self._filename:
                 line = tb.tb_lineno
             tb = tb.tb_next
+        from agent.sandbox import describe_kind
+
         where = f"template {self.output}" + (f" line {line}" if line else "")
-        if isinstance(exc, jinja2.exceptions.SecurityError):
-            kind = "not allowed in the sandbox"
-        elif isinstance(exc, jinja2.UndefinedError):
-            kind = "undefined"
-        elif isinstance(exc, jinja2.TemplateError):
-            kind = "template error"
-        else:
-            kind = type(exc).__name__
-        return f"{where}: {kind}: {self._safe(str(exc))}"
+        return f"{where}: {describe_kind(exc)}: {self._safe(str(exc))}"
 
     def _safe(self, message: str) -> str:
         """``message`` if everything it quotes is in the template text or names a type; else withheld."""

@@ -1,6 +1,7 @@
 """The agent's side of the server: fetch the resolved configs of its namespaces, open the watch,
-resolve changes, report status. Everything goes through the SDK's ``ConfigClient``, so the
-scheme of CONFIG_SERVER picks REST + SSE or gRPC and grpcio is loaded only for the latter.
+resolve changes, report status. Everything goes through the SDK's ``ConfigClient`` (as
+``agent.transport.AgentClient``), so the scheme of CONFIG_SERVER picks REST + SSE (the
+agent's own transport, without aiohttp) or gRPC, and grpcio is loaded only for the latter.
 
 Only the configured namespaces themselves are managed: the server's listing and watch
 match a namespace as a prefix (``llm-gateway`` also covers ``llm-gateway/routing``), so
@@ -22,6 +23,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.state import ConfigState, Entry, EntryName, has_secret_refs
+from agent.transport import AgentClient
 from shared.errors import NotFound, ProtocolError
 from shared.sdk import Change, ConfigClient, WatchEvent
 
@@ -63,7 +65,7 @@ class Source:
     def client(self) -> ConfigClient:
         """The SDK client, made on first use (the token file is read then: projected tokens rotate)."""
         if self._client is None or self._client.closed:
-            self._client = ConfigClient(
+            self._client = AgentClient(
                 self.cfg.server,
                 self.cfg.tenant_id or None,
                 self.cfg.read_token(),

@@ -1,16 +1,18 @@
-"""Health, readiness and metrics served by a real aiohttp server on a free loopback port."""
+"""Health, readiness and metrics served by the agent's real HTTP server on a free loopback port
+(asked with aiohttp, an independent client)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.health import AgentStatus, HealthServer
+from agent.health import AgentStatus, HealthServer, Route
+from agent.http1 import Reply
 from shared.errors import InvalidInput
 
 
@@ -123,11 +125,36 @@ class TestServer:
     async def test_extra_routes(self, status: AgentStatus) -> None:
         """Extra routes (the standalone read API) are served beside the health endpoints."""
 
-        async def hello(request: web.Request) -> web.Response:
-            return web.json_response({"hello": True})
+        async def hello(path: str, query: Mapping[str, str]) -> Reply:
+            return Reply.json({"hello": path, "query": dict(query)})
 
-        async with HealthServer(status, "127.0.0.1", 0, routes=[web.get("/v1/hello", hello)]) as srv:
-            assert await get(srv, "/v1/hello") == (200, {"hello": True})
+        routes = [Route("/v1/hello", hello), Route("/v1/under/", hello)]
+        async with HealthServer(status, "127.0.0.1", 0, routes=routes) as srv:
+            assert await get(srv, "/v1/hello") == (200, {"hello": "/v1/hello", "query": {}})
+            under = {"hello": "/v1/under/a/b/c", "query": {"x": "1"}}
+            assert await get(srv, "/v1/under/a%2Fb/c?x=1") == (200, under)
+            assert (await get(srv, "/v1/hello/more"))[0] == 404
+            assert (await get(srv, "/v1/other"))[0] == 404
+
+    async def test_only_get(self, server: HealthServer) -> None:
+        """Other methods than GET and HEAD are refused with 405, a body is refused with 413."""
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{server.port}/health/live") as reply:
+                assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
+            async with session.get(f"http://127.0.0.1:{server.port}/health/live", data=b"x") as reply:
+                assert reply.status == 413
+            async with session.head(f"http://127.0.0.1:{server.port}/health/live") as reply:
+                assert reply.status == 200
+
+    async def test_malformed_request(self, server: HealthServer) -> None:
+        """Something that is not HTTP gets 400, and the server keeps serving."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"NONSENSE\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert (await get(server, "/health/live"))[0] == 200
 
     async def test_port_in_use(self, status: AgentStatus, server: HealthServer) -> None:
         """A port that is taken is a clear error naming the address."""
