@@ -4,8 +4,9 @@ The agent speaks a few kinds of HTTP: JSON requests to the config server, one lo
 Server-Sent Events stream from it, a POST to ``--reload-url``, GETs of ``--health-url``,
 and it answers probes and metrics scrapes on :8081. aiohttp would do all of that, but
 importing it (with the TLS contexts it builds at import) costs an agent about 15 MB of
-resident memory, more than a third of its budget, so the agent does it with the standard
-library instead:
+resident memory, more than a third of its budget, so the agent does it with asyncio streams
+and ``h11`` (sans-IO HTTP/1.1: it parses and writes the messages, status line, headers,
+Content-Length and chunked framing; its protocol errors become ``BadResponse`` or a 400):
 
 - ``request``: one request on a new connection (``Connection: close``), the whole answer
   read (``Content-Length``, chunked, or until the connection closes), at most
@@ -30,14 +31,15 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import h11
+
 MAX_HEAD = 64 * 1024  # status line and headers
 MAX_BODY = 256 * 1024 * 1024  # a whole answer read by ``request``
-MAX_CHUNK_LINE = 1024
 READ_SIZE = 64 * 1024
 USER_AGENT = "llm-config-agent/0.1"
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -105,97 +107,102 @@ async def _open(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return await asyncio.open_connection(target.host, target.port, limit=MAX_HEAD)
 
 
-def _head(method: str, path: str, target: Target, headers: Mapping[str, str], body: bytes | None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {target.host_header}", f"User-Agent: {USER_AGENT}",
-             "Accept-Encoding: identity", "Connection: close"]  # fmt: skip
+def _make_request(
+    method: str, path: str, target: Target, headers: Mapping[str, str], body: bytes | None
+) -> h11.Request:
+    fields = [("Host", target.host_header), ("User-Agent", USER_AGENT), ("Accept-Encoding", "identity"),
+              ("Connection", "close")]  # fmt: skip
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name[:40]!r} holds a line break")
-        lines.append(f"{name}: {value}")
+        fields.append((name, value))
     if body is not None:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+        fields.append(("Content-Length", str(len(body))))
     try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError:
-        raise BadResponse(f"response head longer than {MAX_HEAD} bytes") from None
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise BadResponse("the connection closed before an answer") from None
-        raise BadResponse("the connection closed in the middle of the response head") from None
-    status_line, _, rest = raw.decode("latin-1").partition("\r\n")
-    version, _, tail = status_line.partition(" ")
-    code = tail[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise BadResponse("the answer is not HTTP/1.x")
-    return int(code), parse_headers(rest)
+        return h11.Request(method=method, target=path, headers=fields)
+    except h11.LocalProtocolError as exc:  # h11's message may quote a header value: leave it out
+        raise ValueError(f"not a valid HTTP/1.1 request ({_reason(exc)})") from None
 
 
-def parse_headers(text: str) -> dict[str, str]:
+def _reason(exc: h11.ProtocolError) -> str:
+    """h11's account of a protocol error without the bytes it quotes (they may carry secrets)."""
+    return str(exc).split(":", 1)[0][:80]
+
+
+def _headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for line in text.split("\r\n"):
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise BadResponse("a header line without ':'")
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    for raw_name, raw_value in fields:
+        key, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
 
 
-async def _body_chunks(
-    reader: asyncio.StreamReader, headers: Mapping[str, str], read_timeout: float | None
-) -> AsyncIterator[bytes]:
-    """The body as it arrives: chunked, by Content-Length, or until the connection closes."""
+class _Reader:
+    """Bytes from ``reader`` fed to an h11 client connection, its events out; each read
+    bounded by ``read_timeout`` (None: unbounded) and h11's protocol errors ``BadResponse``."""
 
-    async def bounded(read: Awaitable[bytes]) -> bytes:
-        if read_timeout is None:
-            return await read
-        async with asyncio.timeout(read_timeout):
-            return await read
+    def __init__(self, conn: h11.Connection, reader: asyncio.StreamReader, read_timeout: float | None):
+        self._conn, self._reader, self._read_timeout = conn, reader, read_timeout
+        self._received = 0
 
+    async def next_event(self) -> h11.Event:
+        for _ in range(1 << 40):
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._received == 0:
+                    raise BadResponse("the connection closed before an answer") from None
+                raise BadResponse(f"the answer is not valid HTTP/1.1: {_reason(exc)}") from None
+            if event is h11.PAUSED:  # only after the answer's end, where nobody reads on
+                raise BadResponse("data after the end of the answer")
+            if event is not h11.NEED_DATA:
+                assert isinstance(event, h11.Event)
+                return event
+            if self._read_timeout is None:
+                data = await self._reader.read(READ_SIZE)
+            else:
+                async with asyncio.timeout(self._read_timeout):
+                    data = await self._reader.read(READ_SIZE)
+            self._received += len(data)
+            self._conn.receive_data(data)  # b"": the peer closed
+        raise BadResponse("an answer without end")
+
+    async def head(self) -> tuple[int, dict[str, str]]:
+        """The final answer's status and headers (informational 1xx answers skipped)."""
+        for _ in range(100):
+            event = await self.next_event()
+            if isinstance(event, h11.Response):
+                if self._received - len(self._conn.trailing_data[0]) > MAX_HEAD:
+                    raise BadResponse(f"response head longer than {MAX_HEAD} bytes")
+                return event.status_code, _headers(event.headers)
+            if not isinstance(event, h11.InformationalResponse):
+                raise BadResponse("the answer is not HTTP/1.x")
+        raise BadResponse("too many informational answers")
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: chunked, by Content-Length, or until the connection closes."""
+        for _ in range(1 << 40):
+            event = await self.next_event()
+            if isinstance(event, h11.Data):
+                if event.data:
+                    yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return
+            else:
+                raise BadResponse("the answer is not HTTP/1.x")
+
+
+async def _send(
+    conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes | None
+) -> None:
     try:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            for _ in range(1 << 40):
-                line = await bounded(reader.readuntil(b"\r\n"))
-                size_text = line.split(b";", 1)[0].strip()
-                if len(line) > MAX_CHUNK_LINE or not size_text:
-                    raise BadResponse("malformed chunk size line")
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise BadResponse("malformed chunk size line") from None
-                if size == 0:
-                    for _ in range(1000):  # trailers, up to the blank line
-                        if await bounded(reader.readuntil(b"\r\n")) == b"\r\n":
-                            return
-                    raise BadResponse("too many trailer lines")
-                yield await bounded(reader.readexactly(size))
-                if await bounded(reader.readexactly(2)) != b"\r\n":
-                    raise BadResponse("a chunk not followed by CRLF")
-            return
-        length_text = headers.get("content-length")
-        if length_text is not None:
-            if not length_text.isdigit():
-                raise BadResponse("malformed Content-Length")
-            remaining = int(length_text)
-            while remaining > 0:
-                data = await bounded(reader.read(min(READ_SIZE, remaining)))
-                if not data:
-                    raise BadResponse("the body ended before its Content-Length")
-                remaining -= len(data)
-                yield data
-            return
-        while data := await bounded(reader.read(READ_SIZE)):
-            yield data
-    except asyncio.IncompleteReadError:
-        raise BadResponse("the body was cut short") from None
-    except asyncio.LimitOverrunError:
-        raise BadResponse("malformed chunked body") from None
+        writer.write(conn.send(request) or b"")
+        if body:
+            writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+    except h11.LocalProtocolError as exc:
+        raise ValueError(f"not a valid HTTP/1.1 request ({_reason(exc)})") from None
+    await writer.drain()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -216,24 +223,26 @@ async def request(
 ) -> Response:
     """One request, its whole answer; ``TimeoutError`` when all of it takes longer than ``time_limit``."""
     target, path = Target.parse(url)
-    head_bytes = _head(method, path, target, headers or {}, body)
+    event = _make_request(method, path, target, headers or {}, body)
     async with asyncio.timeout(time_limit):
         reader, writer = await _open(target)
         try:
-            writer.write(head_bytes)
-            if body:
-                writer.write(body)
-            await writer.drain()
-            status, head = await _read_head(reader)
+            conn = _client()
+            await _send(conn, writer, event, body)
+            answer = _Reader(conn, reader, None)
+            status, head = await answer.head()
             data = bytearray()
-            if method != "HEAD" and status not in (204, 304) and not 100 <= status < 200:
-                async for chunk in _body_chunks(reader, head, None):
-                    data += chunk
-                    if len(data) > max_body:
-                        raise BadResponse(f"the answer is larger than {max_body} bytes")
+            async for chunk in answer.body():  # h11 knows HEAD, 204 and 304 answers carry none
+                data += chunk
+                if len(data) > max_body:
+                    raise BadResponse(f"the answer is larger than {max_body} bytes")
             return Response(status, head, bytes(data))
         finally:
             await _close(writer)
+
+
+def _client() -> h11.Connection:
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity (kept in sets)
@@ -242,9 +251,8 @@ class Stream:
 
     status: int
     headers: Mapping[str, str]
-    _reader: asyncio.StreamReader
+    _answer: _Reader
     _writer: asyncio.StreamWriter
-    _read_timeout: float | None
 
     @property
     def content_type(self) -> str:
@@ -255,7 +263,7 @@ class Stream:
         self._writer.transport.abort()
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return _body_chunks(self._reader, self.headers, self._read_timeout)
+        return self._answer.body()
 
     async def read_bounded(self, limit: int) -> bytes:
         data = bytearray()
@@ -277,15 +285,16 @@ async def stream(
     """GET ``url``; the answer's head within ``connect_timeout``, its body read by the caller,
     each read within ``read_timeout`` (None: unbounded). The connection closes with the block."""
     target, path = Target.parse(url)
-    head_bytes = _head("GET", path, target, headers or {}, None)
+    event = _make_request("GET", path, target, headers or {}, None)
     async with asyncio.timeout(connect_timeout):
         reader, writer = await _open(target)
     try:
+        conn = _client()
+        answer = _Reader(conn, reader, read_timeout)
         async with asyncio.timeout(connect_timeout):
-            writer.write(head_bytes)
-            await writer.drain()
-            status, head = await _read_head(reader)
-        yield Stream(status, head, reader, writer, read_timeout)
+            await _send(conn, writer, event, None)
+            status, head = await answer.head()
+        yield Stream(status, head, answer, writer)
     finally:
         await _close(writer)
 
@@ -308,40 +317,67 @@ class Reply:
 Handler = Callable[[str, str, dict[str, str]], Awaitable[Reply]]
 
 
+async def _read_request(reader: asyncio.StreamReader, conn: h11.Connection) -> h11.Request | None:
+    """The request's head; None when the peer closed first (h11's errors pass on)."""
+    received = 0
+    for _ in range(1 << 20):
+        event = conn.next_event()
+        if isinstance(event, h11.Request):
+            if received - len(conn.trailing_data[0]) > MAX_HEAD:  # h11 checks only what is incomplete
+                raise h11.RemoteProtocolError("request head too long", error_status_hint=400)
+            return event
+        if event is h11.NEED_DATA:
+            data = await reader.read(READ_SIZE)
+            received += len(data)
+            conn.receive_data(data)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+        else:
+            raise h11.RemoteProtocolError("not a request", error_status_hint=400)
+    return None
+
+
+async def _reply_for(request: h11.Request | None, handler: Handler) -> Reply:
+    if request is None:
+        return Reply.json({"title": "bad request", "status": 400}, 400)
+    headers = _headers(request.headers)
+    if headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers:
+        return Reply.json({"title": "request body not accepted", "status": 413}, 413)
+    path, _, query = request.target.decode("latin-1").partition("?")
+    try:
+        return await handler(request.method.decode("latin-1"), unquote(path), dict(parse_qsl(query)))
+    except Exception:  # a handler's bug is a 500, never a dropped connection
+        return Reply.json({"title": "internal error", "status": 500}, 500)
+
+
+def _response(reply: Reply) -> h11.Response:
+    fields = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
+              ("Connection", "close"), *reply.headers.items()]  # fmt: skip
+    return h11.Response(status_code=reply.status, headers=fields, reason=REASONS.get(reply.status, "Status"))
+
+
 async def _answer(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler, time_limit: float
 ) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     try:
         async with asyncio.timeout(time_limit):
             try:
-                raw = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-                return
-            request_line, _, rest = raw.decode("latin-1").partition("\r\n")
-            parts = request_line.split(" ")
+                request = await _read_request(reader, conn)
+                if request is None:
+                    return
+            except h11.RemoteProtocolError:  # malformed, or a head over MAX_HEAD: 400, h11 allows it
+                request = None
+            reply = await _reply_for(request, handler)
             try:
-                headers = parse_headers(rest)
-            except BadResponse:
-                headers = None
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or headers is None:
-                reply = Reply.json({"title": "bad request", "status": 400}, 400)
-                method = "GET"
-            elif headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers:
-                method = parts[0]
-                reply = Reply.json({"title": "request body not accepted", "status": 413}, 413)
-            else:
-                method, target = parts[0], parts[1]
-                path, _, query = target.partition("?")
-                try:
-                    reply = await handler(method, unquote(path), dict(parse_qsl(query)))
-                except Exception:  # a handler's bug is a 500, never a dropped connection
-                    reply = Reply.json({"title": "internal error", "status": 500}, 500)
-            head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}",
-                    f"Content-Type: {reply.content_type}", f"Content-Length: {len(reply.body)}",
-                    "Connection: close", *(f"{k}: {v}" for k, v in reply.headers.items())]  # fmt: skip
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-            if method != "HEAD":
-                writer.write(reply.body)
+                response = _response(reply)
+            except h11.LocalProtocolError:  # a handler's header h11 refuses (say, a line break)
+                reply = Reply.json({"title": "internal error", "status": 500}, 500)
+                response = _response(reply)
+            writer.write(conn.send(response) or b"")
+            if request is None or request.method != b"HEAD":  # h11 sends no body after HEAD
+                writer.write(conn.send(h11.Data(data=reply.body)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
             await writer.drain()
     except (TimeoutError, OSError):
         pass
