@@ -24,6 +24,7 @@ DEFAULT_DATA_DIR = "./llmcm-data"
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 _VAULT_MOUNT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+_REDIS_PREFIX = re.compile(r"^[A-Za-z0-9:_.-]{0,64}$")
 _BOOLS = {
     "1": True,
     "true": True,
@@ -43,7 +44,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 50051  # env LLMCM_GRPC_PORT; 0 turns the gRPC listener off
-    redis: str = ""
+    redis: str = ""  # redis:// or rediss:// URL: pub/sub, shared cache and limits across replicas
+    redis_prefix: str = "llmcm:"  # every Redis key and channel starts with it (one per deployment)
+    fallback_poll_interval: float = 1.0  # seconds: watched tenants polled while notices may be lost
+    safety_poll_interval: float = 10.0  # seconds: the same poll while Redis is up, as a safety net
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
     log_format: str = "json"
@@ -122,7 +126,24 @@ class ServerConfig:
             raise InvalidInput("jwt_leeway must be between 0 and 300 seconds")
         if not 0 < self.due_scan_interval <= 86400:
             raise InvalidInput("due_scan_interval must be more than 0 and at most 86400 seconds")
+        self._check_cluster()
         self._check_vault()
+
+    def _check_cluster(self) -> None:
+        if self.redis:
+            if not self.redis.startswith(("redis://", "rediss://", "unix://")):
+                raise InvalidInput("redis must be a redis://, rediss:// or unix:// URL (LLMCM_REDIS)")
+            if not self.storage.startswith(("postgresql://", "postgres://")):
+                raise InvalidInput(
+                    "redis connects replicas that share a PostgreSQL store: give --storage postgresql://… "
+                    "too (one server on SQLite needs no Redis)"
+                )
+        if not _REDIS_PREFIX.match(self.redis_prefix):
+            raise InvalidInput("redis_prefix must be at most 64 of A-Z, a-z, 0-9, ':', '_', '.', '-'")
+        if not 0.05 <= self.fallback_poll_interval <= 60:
+            raise InvalidInput("fallback_poll_interval must be between 0.05 and 60 seconds")
+        if not 0.05 <= self.safety_poll_interval <= 3600:
+            raise InvalidInput("safety_poll_interval must be between 0.05 and 3600 seconds")
 
     def _check_vault(self) -> None:
         if self.key_provider not in ("local", "vault"):
@@ -203,7 +224,14 @@ class ServerConfig:
                 if number < 0 or (name in ("port", "grpc_port") and number > 65535):
                     raise ValueError
                 return number
-            if name in ("shutdown_timeout", "jwt_leeway", "rewrap_rate", "due_scan_interval"):
+            if name in (
+                "shutdown_timeout",
+                "jwt_leeway",
+                "rewrap_rate",
+                "due_scan_interval",
+                "fallback_poll_interval",
+                "safety_poll_interval",
+            ):
                 return float(value)
             if name in ("jwt_allow_global_admin", "allow_insecure_secrets"):
                 return value if isinstance(value, bool) else _BOOLS[str(value).strip().lower()]

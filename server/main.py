@@ -22,6 +22,7 @@ from aiohttp import web
 from server.api.app import create_app
 from server.api.grpc_server import GrpcServer
 from server.auth import Authenticator, JwtSettings, JwtVerifier, server_context
+from server.cluster.node import Cluster, MeteredAuthenticator
 from server.config import ServerConfig
 from server.keys import KeyProvider
 from server.keys.local import LocalKeyProvider, create_master_key_file, load_master_key
@@ -142,7 +143,14 @@ def migrate(ctx: click.Context, storage: str | None, data_dir: str | None) -> No
     type=click.IntRange(0, 65535),
     help="gRPC port (default 50051; 0 turns gRPC off). Env LLMCM_GRPC_PORT.",
 )
-@click.option("--redis", help="Redis URL for scale-out (not yet supported). Env LLMCM_REDIS.")
+@click.option(
+    "--redis",
+    help="Redis URL (redis://HOST:PORT/DB) joining replicas on one PostgreSQL store: change notices, "
+    "shared cache, limits. Env LLMCM_REDIS.",
+)
+@click.option(
+    "--redis-prefix", help="Prefix of every Redis key and channel (default llmcm:). Env LLMCM_REDIS_PREFIX."
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--tls-cert", help="PEM certificate (chain) to serve HTTPS with. Env LLMCM_TLS_CERT.")
 @click.option("--tls-key", help="PEM private key of --tls-cert. Env LLMCM_TLS_KEY.")
@@ -185,8 +193,6 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Serve the REST and gRPC APIs until SIGTERM or SIGINT."""
     config = _config(ctx, **flags)
     configure_logging(config.log_level, config.log_format)
-    if config.redis:
-        raise click.ClickException("--redis / LLMCM_REDIS is not supported yet: scale-out is not built")
     try:
         asyncio.run(_serve(config))
     except LLMConfigError as exc:
@@ -243,12 +249,23 @@ async def _serve(config: ServerConfig) -> None:
                 load_master_key(config.master_key, config.master_key_path),
                 max_encryptions=config.kek_max_encryptions,
             )
+        cluster = await stack.enter_async_context(
+            Cluster(
+                replicated=not isinstance(store, SQLiteStorage),
+                redis_url=config.redis,
+                redis_prefix=config.redis_prefix,
+                fallback_poll=config.fallback_poll_interval,
+                safety_poll=config.safety_poll_interval,
+            )
+        )
         services = Services.build(
             store,
             max_value_bytes=config.max_body_bytes,
             keys=keys,
             allow_insecure_secrets=config.allow_insecure_secrets,
+            counters=cluster.counters,
         )
+        node = cluster.wire(services)
         if not config.tls and config.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "serving_without_tls",
@@ -260,7 +277,8 @@ async def _serve(config: ServerConfig) -> None:
         if config.jwt:
             verifier = await stack.enter_async_context(JwtVerifier(_jwt_settings(config)))
             await verifier.start()
-        authenticator = Authenticator(
+        authenticator: Authenticator = MeteredAuthenticator(
+            services.core.limits,
             services.tenants,
             jwt=verifier,
             trust_domain=config.spiffe_trust_domain,
@@ -294,6 +312,8 @@ async def _serve(config: ServerConfig) -> None:
                 mtls_trust_domain=config.spiffe_trust_domain or None,
                 jwt_issuer=config.jwt_issuer or None,
                 key_provider=config.key_provider,
+                replicated=cluster.replicated,
+                redis=redact_url(config.redis) if config.redis else None,
             )
             async with asyncio.TaskGroup() as background:
                 rewrap = background.create_task(
@@ -302,11 +322,13 @@ async def _serve(config: ServerConfig) -> None:
                 due_scan = background.create_task(
                     services.rotation.run(config.due_scan_interval), name="rotation-due"
                 )
+                replicas = background.create_task(node.run(), name="cluster")
                 await stop.wait()
                 log.info("server_stopping", drain_seconds=config.shutdown_timeout)
                 await services.watch.close()  # end watch streams so the drain isn't held open
                 rewrap.cancel("server stopping")
                 due_scan.cancel("server stopping")
+                replicas.cancel("server stopping")
                 if grpc_api is not None:
                     await grpc_api.stop()  # watch streams end now; clients resume elsewhere
         finally:

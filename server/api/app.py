@@ -41,6 +41,8 @@ def problem_response(error: LLMConfigError, request_id: str) -> web.Response:
     headers = {"X-Request-Id": request_id}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llm-config-manager"'
+    if error.status == 429:  # a rate limit or quota (server.cluster.limits): when to try again
+        headers["Retry-After"] = str(error.extra.get("retry_after", 1))
     return web.Response(
         body=json.dumps(problem, ensure_ascii=False).encode(),
         status=error.status,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.cluster.base import Counters
 from server.keys import KeyProvider
 from server.service.agents import AgentService
 from server.service.audit import AuditService
@@ -44,8 +45,11 @@ class Services:
         max_value_bytes: int = 1 << 20,
         keys: KeyProvider | None = None,
         allow_insecure_secrets: bool = False,
+        counters: Counters | None = None,
     ) -> Services:
-        core = Core(storage, clock=clock)
+        """``counters``: where rate limits and quotas are counted (default: this process's memory;
+        a server with Redis passes Redis's, shared by its replicas)."""
+        core = Core(storage, clock=clock, counters=counters)
         schemas = SchemaService(core)
         secrets = SecretService(core, keys, allow_insecure=allow_insecure_secrets)
         configs = ConfigService(core, schemas, max_value_bytes=max_value_bytes, secrets=secrets)

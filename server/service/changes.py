@@ -62,6 +62,10 @@ class ChangeHub:
         if event is not None:
             event.set()
 
+    def tenants(self) -> list[str]:
+        """Tenants someone has waited on (the cluster layer wakes them when notices may be lost)."""
+        return list(self._events)
+
     def event(self, tenant_id: str) -> asyncio.Event:
         """The event the next commit sets. Take it *before* reading, so no commit slips between."""
         event = self._events.get(tenant_id)

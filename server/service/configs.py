@@ -5,7 +5,10 @@ expected version, take the next revision, insert the version with its JSON
 Patch from the previous one, append the audit record, commit. Reads of the
 current value go through a per-tenant cache that every write in the tenant
 invalidates (a generation counter stops a read that raced a write from
-caching the old value).
+caching the old value). When other replicas write to the same store
+(``core.replicated``), cache keys also carry the tenant's revision read from
+the store, so a write acknowledged anywhere makes older entries unreachable;
+``shared`` (Redis) then holds resolved answers for every replica under such keys.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import jsonpatch
 
+from server.cluster.base import SharedCache
+from server.cluster.limits import Hold, value_bytes
 from server.service import policy
 from server.service.core import Core, Ctx
 from server.service.policy import Action, Principal, namespace_in_scope
@@ -147,6 +152,11 @@ class ConfigService:
         # already passed policy for; valid while no write and no settings change hit the tenant
         self._memo: dict[tuple[str, Hashable], tuple[int, dict[str, Any], ReadResult]] = {}
         core.settings_listeners.append(self._invalidate)  # chains shape resolved values
+        self.shared: SharedCache | None = None  # answers shared by replicas (server.cluster)
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop what is cached for the tenant (another replica wrote to it)."""
+        self._invalidate(tenant_id)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class ConfigService:
         change, and a write or a settings change in the tenant invalidates every entry.
         """
         hit = self._memo.get((principal.token_id, key))
-        if hit is None:
+        if hit is None:  # (never filled on a replicated store: each read asks it for the revision)
             return None
         generation, settings, result = hit
         tenant_id = principal.tenant_id
@@ -201,14 +211,23 @@ class ConfigService:
             await self.core.deny(ctx, request, decision, ref)
         if resolve:
             await self._authorize_chain(ctx, ref.environment, ref.namespace, settings)
-        cache_key = (ref, version, resolve, explain)
+        cache_key: tuple[Any, ...] = (ref, version, resolve, explain)
+        if self.core.replicated:  # another replica may have written: the store's revision dates entries
+            cache_key = (await self.core.storage.current_revision(tenant_id), *cache_key)
         result = self._cache.get(tenant_id, {}).get(cache_key)
         if result is None:
-            generation = self._generation.get(tenant_id, 0)
-            if resolve:
-                result = await self._resolve(tenant_id, ref, explain)
-            else:
-                result = await self._raw(tenant_id, ref, version)
+            # as of the settings read above: a change since then (a write, other settings) must
+            # not let this answer into the cache
+            generation = start_generation
+            shared_key = self._shared_key(cache_key, settings) if self.shared is not None else ""
+            result = await self._shared_get(tenant_id, shared_key, resolve)
+            if result is None:
+                if resolve:  # through the chain the shared key names
+                    chain = tuple(Environment(e) for e in settings["chains"][ref.environment.value])
+                    result = await self._resolve(tenant_id, ref, explain, chain)
+                else:
+                    result = await self._raw(tenant_id, ref, version)
+                await self._shared_put(tenant_id, shared_key, result, resolve)
             self._remember(tenant_id, generation, cache_key, result)
         if result.classification == "restricted":
             restricted = policy.Request(Action.CONFIG_READ, ref.environment, ref.namespace, "restricted")
@@ -217,11 +236,55 @@ class ConfigService:
             await self._audit_read(ctx, settings, f"config/{ref}")
         if result.refs:
             return await self._inject(ctx, ref, result)  # never memoized: each secret read is audited
-        if memo_key is not None and result.classification != "restricted" and not settings["audit_reads"]:
+        if (
+            memo_key is not None
+            and not self.core.replicated
+            and result.classification != "restricted"
+            and not settings["audit_reads"]
+        ):
             if len(self._memo) >= _CACHE_MAX_PER_TENANT:
                 self._memo.clear()
             self._memo[(ctx.principal.token_id, memo_key)] = (start_generation, settings, result)
         return result
+
+    def _shared_key(self, cache_key: tuple[Any, ...], settings: dict[str, Any]) -> str:
+        """The shared cache's key: the tenant's revision first (a write makes older keys
+        unreachable before it is acknowledged), then the chain this answer resolves through."""
+        if not self.core.replicated:
+            return ""
+        stamp, ref, version, resolve, explain = cache_key
+        chain = ">".join(settings["chains"][ref.environment.value]) if resolve else ""
+        return f"{stamp}|{chain}|{ref}|{version or ''}|{int(resolve)}{int(explain)}"
+
+    async def _shared_get(self, tenant_id: str, key: str, resolve: bool) -> ReadResult | None:
+        if not key or self.shared is None:
+            return None
+        data = await self.shared.get(tenant_id, key)
+        if data is None:
+            return None
+        head, _, encoded = data.partition(b"\n")
+        try:
+            classification = json.loads(head)
+            body = json.loads(encoded)
+        except ValueError:
+            return None
+        refs = tuple(parse_refs(body["value"])) if resolve else ()
+        level = classification if isinstance(classification, str) else None
+        return ReadResult(body, encoded, level, refs=refs)
+
+    async def _shared_put(self, tenant_id: str, key: str, result: ReadResult, resolve: bool) -> None:
+        if key and self.shared is not None:
+            head = json.dumps(result.classification).encode()
+            await self.shared.put(tenant_id, key, head + b"\n" + result.encoded)
+
+    def _quota(self, tenant_id: str, before: ConfigVersion | None, after: dict[str, Any] | None) -> Hold:
+        """The quota a write takes: an entry and bytes when it comes alive, their difference after."""
+        was = before.value if before is not None and not before.tombstone else None
+        return self.core.limits.hold(
+            tenant_id,
+            configs=int(after is not None) - int(was is not None),
+            storage_bytes=value_bytes(after) - value_bytes(was),
+        )
 
     async def _inject(self, ctx: Ctx, ref: ConfigRef, result: ReadResult) -> ReadResult:
         """The resolved value with each referenced secret's plaintext at its field_path.
@@ -294,8 +357,11 @@ class ConfigService:
         body = found.to_dict()
         return ReadResult(body, _encode(body), _classification(found.metadata))
 
-    async def _resolve(self, tenant_id: str, ref: ConfigRef, explain: bool) -> ReadResult:
-        chain = await self.core.chain(tenant_id, ref.environment)
+    async def _resolve(
+        self, tenant_id: str, ref: ConfigRef, explain: bool, chain: tuple[Environment, ...] | None = None
+    ) -> ReadResult:
+        if chain is None:
+            chain = await self.core.chain(tenant_id, ref.environment)
         found = await self.core.storage.latest_in_envs(tenant_id, ref.namespace, ref.key, chain)
         layers = [found[env] for env in chain if env in found and not found[env].tombstone]
         if not layers:
@@ -485,12 +551,16 @@ class ConfigService:
                 return await self._next(tx, ctx, ref, latest, value, ChangeType.UPDATE, message, meta)
             return await self._next(tx, ctx, ref, latest, value, ChangeType.CREATE, message, meta)
 
-        return await self._write(ctx, ref, "config:put", expected_version, build)
+        async with self._quota(tenant_id, current, value) as held:
+            result = await self._write(ctx, ref, "config:put", expected_version, build)
+            if not result.changed:
+                held.cancel()
+        return result
 
     async def delete(
         self, ctx: Ctx, ref: ConfigRef, *, message: str = "", expected_version: int | None = None
     ) -> WriteResult:
-        await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
+        existing = await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
         await self._validate_resolved(ctx.principal.tenant_id, ref, None)
 
         async def build(tx: WriteTx, latest: ConfigVersion | None) -> ConfigVersion | None:
@@ -500,7 +570,8 @@ class ConfigService:
                 tx, ctx, ref, latest, {}, ChangeType.DELETE, message, latest.metadata, tombstone=True
             )
 
-        return await self._write(ctx, ref, "config:delete", expected_version, build)
+        async with self._quota(ctx.principal.tenant_id, existing, None):
+            return await self._write(ctx, ref, "config:delete", expected_version, build)
 
     async def rollback(
         self,
@@ -513,7 +584,7 @@ class ConfigService:
     ) -> WriteResult:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InvalidInput("'version' must be a positive integer")
-        await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
+        existing = await self._authorize_existing(ctx, ref, Action.CONFIG_WRITE)
         target = await self.core.storage.get_version(ctx.principal.tenant_id, ref, version)
         if target is None:
             raise NotFound(
@@ -538,7 +609,8 @@ class ConfigService:
                 rolled_back_to=version,
             )
 
-        return await self._write(ctx, ref, "config:rollback", expected_version, build)
+        async with self._quota(ctx.principal.tenant_id, existing, target.value):
+            return await self._write(ctx, ref, "config:rollback", expected_version, build)
 
     async def _validate_resolved(self, tenant_id: str, ref: ConfigRef, value: dict[str, Any] | None) -> None:
         """Check bound schemas against what apps would see: the resolved value of every

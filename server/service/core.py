@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from server.cluster.base import Counters
+from server.cluster.limits import DEFAULT_LIMITS, Limits, validate_limits
+from server.cluster.local import MemoryCounters
 from server.service import policy
 from server.service.policy import Decision, Principal
 from server.storage import AuditDraft, Storage, WriteTx
@@ -47,6 +50,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "chains": {env.value: [e.value for e in chain] for env, chain in DEFAULT_CHAINS.items()},
     "change_window": None,
     "audit_reads": False,
+    "limits": DEFAULT_LIMITS,  # rate limits and quotas (server.cluster.limits)
 }
 
 
@@ -82,13 +86,19 @@ def validate_settings(raw: Any) -> dict[str, Any]:
         if not isinstance(raw["audit_reads"], bool):
             raise InvalidInput("settings.audit_reads must be true or false")
         out["audit_reads"] = raw["audit_reads"]
+    if "limits" in raw:
+        out["limits"] = validate_limits(raw["limits"])
     return out
 
 
 class Core:
-    def __init__(self, storage: Storage, *, clock: Clock = utc_now) -> None:
+    def __init__(self, storage: Storage, *, clock: Clock = utc_now, counters: Counters | None = None) -> None:
         self.storage = storage
         self.clock = clock
+        # other servers write to the same store (replicas): caches of stored rows are checked
+        # against the tenant's revision in the store before they are used (server.cluster)
+        self.replicated = False
+        self.limits = Limits(storage, self.settings, counters or MemoryCounters())
         self._settings: dict[str, dict[str, Any]] = {}
         # tenant -> (token id, request) -> decision, for decisions that don't depend on time;
         # dropped with the tenant's settings, the only other input besides the immutable token
@@ -113,6 +123,22 @@ class Core:
 
     def settings_if_loaded(self, tenant_id: str) -> dict[str, Any] | None:
         return self._settings.get(tenant_id)
+
+    def loaded_tenants(self) -> list[str]:
+        """Tenants whose settings are cached here."""
+        return list(self._settings)
+
+    async def settings_changed(self, tenant_id: str) -> bool:
+        """Do the stored settings differ from the cached ones? (Another replica may have written them.)"""
+        cached = self._settings.get(tenant_id)
+        if cached is None:
+            return False
+        tenant = await self.storage.get_tenant(tenant_id)
+        if tenant is None:
+            return False
+        stored = copy.deepcopy(DEFAULT_SETTINGS)
+        stored.update(tenant.settings)
+        return stored != cached
 
     def epoch(self) -> float:
         """Seconds since the epoch by this core's clock (the real one avoids a datetime)."""

@@ -14,6 +14,7 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -145,6 +146,15 @@ class TenantService:
         self.core = core
         self._auth_cache: dict[str, _Authenticated] = {}
         self._auth_failures = _RateGate(AUTH_FAILURES_PER_SECOND)
+        # called with the tenant id after one of its tokens was revoked (other replicas drop theirs)
+        self.token_listeners: list[Callable[[str], None]] = []
+
+    def forget_tokens(self, tenant_id: str | None = None) -> None:
+        """Drop cached tokens of a tenant (of every tenant with None): the next use reads the store."""
+        if tenant_id is None:
+            self._auth_cache = {}
+        else:
+            self._auth_cache = {h: v for h, v in self._auth_cache.items() if v.token.tenant_id != tenant_id}
 
     # -- authentication --------------------------------------------------------------------
 
@@ -467,4 +477,6 @@ class TenantService:
             await tx.revoke_token(target, token_id)
             await self.core.audit_in(tx, self.core.draft(ctx, "token:revoke", f"token/{token_id}", "ok"))
         self._auth_cache = {h: v for h, v in self._auth_cache.items() if v.token.id != token_id}
+        for listener in self.token_listeners:
+            listener(target)
         return replace(record, revoked=True)
