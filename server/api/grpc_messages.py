@@ -2,21 +2,18 @@
 
 The servicer (``grpc_service``) calls the same services as the REST handlers and gets the
 same dicts back; this module turns them into messages field by field, with values as JSON
-text so integers and floats keep their JSON form. Watch events are serialized once per
-(tenant, event) and shared by every watcher that receives them; ``serialize`` is the
-response serializer that passes those bytes through.
+text so integers and floats keep their JSON form. ``watch_bytes`` serializes a watch event
+(once per event: the servicer shares the bytes among every watcher that receives it);
+``serialize`` is the unary calls' response serializer.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import Any
 
 from server.storage.base import AgentStatus
 from shared.proto.llmconfig.v1 import config_pb2 as pb
-
-_EVENT_CACHE_MAX = 8192
 
 
 def _dumps(value: Any) -> str:
@@ -89,30 +86,8 @@ def watch_message(event: Any) -> pb.WatchEvent:
     return msg
 
 
-class EncodedEvents:
-    """Serialized watch events, shared by every watcher that receives the same event.
-
-    A put, delete or progress event is the same for everyone of a tenant watching its
-    environment, so its bytes are made once; the tenant is part of the key (revisions,
-    namespaces and keys repeat across tenants). Snapshots depend on the watcher's prefixes
-    and are not kept.
-    """
-
-    def __init__(self, limit: int = _EVENT_CACHE_MAX) -> None:
-        self._limit = limit
-        self._bytes: OrderedDict[tuple[str, str, int, str, str, str], bytes] = OrderedDict()
-
-    def encode(self, tenant_id: str, event: Any) -> bytes:
-        if event.kind == "snapshot":
-            return bytes(watch_message(event).SerializeToString())
-        key = (tenant_id, event.kind, event.revision, event.environment, event.namespace, event.key)
-        found = self._bytes.get(key)
-        if found is None:
-            found = bytes(watch_message(event).SerializeToString())
-            self._bytes[key] = found
-            if len(self._bytes) > self._limit:
-                self._bytes.popitem(last=False)
-        return found
+def watch_bytes(event: Any) -> bytes:
+    return bytes(watch_message(event).SerializeToString())
 
 
 def serialize(message: Any) -> bytes:

@@ -15,7 +15,8 @@ and server-side failures, are INTERNAL with only the request id, never the text.
 Only the ``server.api.grpc_*`` modules import the generated code (messages are built in
 ``grpc_messages``). The servicer registers its own handlers instead of the generated
 ``add_…_to_server``: watch events are serialized once and shared by every watcher of the same
-tenant and environment, and the response serializer passes those bytes through.
+tenant and environment (``server.api.fanout``), and the Watch handler has no response
+serializer, so those bytes go out as they are.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import grpc
 import structlog
 from cryptography import x509
 
-from server.api.grpc_messages import EncodedEvents, agent_message, entry_message, serialize
+from server.api.fanout import Encodings, StallGuard
+from server.api.grpc_messages import agent_message, entry_message, serialize, watch_bytes
 from server.auth import Authenticator
 from server.service import Ctx, Services
 from shared.errors import (
@@ -195,7 +197,8 @@ class ConfigServicer:
         self.tls = tls
         self.client_certificates = client_certificates
         self.max_body_bytes = max_body_bytes
-        self._events = EncodedEvents()
+        self._events = Encodings(watch_bytes)
+        self._stalls = StallGuard(SLOW_WATCHER_SECONDS)
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -411,25 +414,27 @@ class ConfigServicer:
         except Exception as exc:
             await self._abort(context, "Watch", request_id, exc)
         resume = since
-        tenant_id = ctx.principal.tenant_id
+        encode, write = self._events.get, context.write
+        stream = self._stalls.open()
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
         try:
             async with sub:
                 async for event in sub:
-                    try:
-                        async with asyncio.timeout(SLOW_WATCHER_SECONDS):
-                            await context.write(self._events.encode(tenant_id, event))
-                    except TimeoutError:
-                        raise Unavailable(
-                            f"this watcher took no event for {SLOW_WATCHER_SECONDS:.0f} s and was "
-                            f"disconnected; {_resume_hint(resume)}"
-                        ) from None
-                    if getattr(event, "final", True):
+                    stream.busy()
+                    await write(encode(event))
+                    stream.idle()
+                    if event.final:
                         resume = event.revision
             raise Unavailable(f"the server is shutting down; {_resume_hint(resume)}")
         except asyncio.CancelledError:
+            if stream.claim():
+                slow = Unavailable(
+                    f"this watcher took no event for {SLOW_WATCHER_SECONDS:.0f} s and was "
+                    f"disconnected; {_resume_hint(resume)}"
+                )
+                await self._abort(context, "Watch", request_id, slow)
             if not self._closing:
                 raise  # the client went away
             shutting = Unavailable(f"the server is shutting down; {_resume_hint(resume)}")
@@ -437,6 +442,7 @@ class ConfigServicer:
         except Exception as exc:
             await self._abort(context, "Watch", request_id, exc)
         finally:
+            self._stalls.close(stream)
             if task is not None:
                 self._streams.discard(task)
 
@@ -462,7 +468,8 @@ class ConfigServicer:
             "History": unary(self.History, pb.HistoryRequest),
             "Rollback": unary(self.Rollback, pb.RollbackRequest),
             "ReportStatus": unary(self.ReportStatus, pb.ReportStatusRequest),
+            # the stream writes events serialized once for all its watchers: bytes go out as they are
             "Watch": grpc.unary_stream_rpc_method_handler(
-                self.Watch, request_deserializer=pb.WatchRequest.FromString, response_serializer=serialize
+                self.Watch, request_deserializer=pb.WatchRequest.FromString, response_serializer=None
             ),
         }

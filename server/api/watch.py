@@ -13,6 +13,7 @@ import asyncio
 
 from aiohttp import web
 
+from server.api.fanout import Encodings, StallGuard, tune_collector
 from server.api.http import ctx_of, query_int, services_of
 from server.service.changes import parse_wait
 from server.service.watch import DEFAULT_PROGRESS_SECONDS, WatchEvent
@@ -20,6 +21,7 @@ from shared.errors import InvalidInput
 from shared.models import parse_environment
 
 SLOW_WATCHER_SECONDS = 30.0
+STALLS: web.AppKey[StallGuard] = web.AppKey("watch_stalls", StallGuard)
 
 
 def frame(event: WatchEvent) -> bytes:
@@ -27,6 +29,9 @@ def frame(event: WatchEvent) -> bytes:
     if not event.final:
         return b"event: %s\ndata: %s\n\n" % (event.kind.encode(), event.payload)
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind.encode(), event.payload)
+
+
+_frames = Encodings(frame)
 
 
 def _since(request: web.Request) -> int | None:
@@ -63,17 +68,29 @@ async def watch(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     await response.write(b"retry: 1000\n\n")
-    async with subscription:
-        async for event in subscription:
-            try:
-                async with asyncio.timeout(SLOW_WATCHER_SECONDS):
-                    await response.write(frame(event))
-            except TimeoutError:
-                break  # too slow: let it reconnect and resume instead of holding others' memory
-            except (ConnectionResetError, ConnectionError):
-                break
+    stream = request.app[STALLS].open()
+    try:
+        async with subscription:
+            async for event in subscription:
+                stream.busy()
+                await response.write(_frames.get(event))
+                stream.idle()
+    except asyncio.CancelledError:
+        if not stream.claim():
+            raise
+        # too slow: let it reconnect and resume instead of holding others' memory
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        request.app[STALLS].close(stream)
     return response
 
 
+async def _tune_collector(app: web.Application) -> None:
+    tune_collector()  # the server is built: what it holds now stays for its life
+
+
 def add_routes(app: web.Application) -> None:
+    app[STALLS] = StallGuard(SLOW_WATCHER_SECONDS)
+    app.on_startup.append(_tune_collector)
     app.router.add_get("/v1/watch", watch)

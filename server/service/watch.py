@@ -51,6 +51,8 @@ ROWS_PER_READ = 1000
 MAX_PREFIXES = 64
 DEFAULT_PROGRESS_SECONDS = 10.0
 REPLAY_SECONDS = 60.0  # bound on a long-poll's replay from history
+WAKE_BATCH = 128  # watchers woken per turn of the event loop when a view changes
+_TIMER_SLACK = 0.005  # a progress timer this close to its due time counts as due
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +148,25 @@ class _EnvView:
     current: dict[Entry, WatchEvent] = field(default_factory=dict)  # latest put per entry
     log: list[WatchEvent] = field(default_factory=list)
     revisions: list[int] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the futures of the watchers waiting for the next change (a dict: O(1) removal, wake order kept)
+    waiters: dict[asyncio.Future[bool], None] = field(default_factory=dict)
+    _progress: WatchEvent | None = None  # the newest progress mark, shared by idle watchers
 
     def append(self, event: WatchEvent) -> None:
         self.log.append(event)
         self.revisions.append(event.revision)
 
     def after(self, revision: int) -> list[WatchEvent]:
+        if not self.revisions or self.revisions[-1] <= revision:
+            return []  # the common case of a woken watcher that has everything: no search, no copy
         return self.log[bisect.bisect_right(self.revisions, revision) :]
+
+    def progress(self, revision: int) -> WatchEvent:
+        """The progress mark at ``revision``; one object (and payload) for every watcher at it."""
+        mark = self._progress
+        if mark is None or mark.revision != revision:
+            mark = self._progress = progress_event(revision)
+        return mark
 
     def trim(self) -> None:
         if len(self.log) > LOG_MAX:
@@ -162,8 +175,26 @@ class _EnvView:
             del self.log[:drop], self.revisions[:drop]
 
     def wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        waiters, self.waiters = self.waiters, {}
+        if waiters:
+            self._wake_some(list(waiters), 0, asyncio.get_running_loop())
+
+    def _wake_some(
+        self, waiters: list[asyncio.Future[bool]], start: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Wake ``WAKE_BATCH`` watchers, and the rest on later turns of the loop.
+
+        Between batches the loop takes the completions of the writes already started, so each
+        write's objects are freed within a turn or two instead of all of them living until the
+        whole fan-out is through (thousands of them then outlive young garbage collections and
+        make full collections frequent), and other work is served in between.
+        """
+        end = start + WAKE_BATCH
+        for waiter in waiters[start:end]:
+            if not waiter.done():
+                waiter.set_result(True)
+        if end < len(waiters):
+            loop.call_soon(self._wake_some, waiters, end, loop)
 
 
 class _TenantState:
@@ -326,6 +357,10 @@ class WatchService:
             state.retired = True
             for view in state.views.values():
                 view.wake()
+
+    def tenants(self) -> list[str]:
+        """Tenants with watch state here (woken by the cluster layer when notices may be lost)."""
+        return list(self._tenants)
 
     # called (synchronously) by the config and secret services after every commit
     def notify(self, tenant_id: str) -> None:
@@ -551,7 +586,7 @@ class WatchService:
 
 
 class Subscription:
-    """One watcher's stream: async iterator of ``WatchEvent``, async context manager."""
+    """One watcher's stream: async iterator of ``WatchEvent`` (iterated once), async context manager."""
 
     def __init__(
         self,
@@ -572,7 +607,12 @@ class Subscription:
         self.since = since
         self.progress_interval = progress_interval
         self.settings = settings
+        # (namespace, classification) -> whether the prefixes match and policy lets the caller see it
         self._visible: dict[tuple[str, str | None], bool] = {}
+        # the progress timer: one per watcher, re-armed lazily (not one per wait) while events flow
+        self._waiter: asyncio.Future[bool] | None = None
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Subscription:
         self.service.watchers += 1
@@ -582,17 +622,21 @@ class Subscription:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.service.watchers -= 1
+        self._stop_timer()
 
     def visible(self, event: WatchEvent) -> bool:
-        if not self.selector.matches(event.namespace, event.key):
+        key = self.selector.key
+        if key is not None and event.key != key:
             return False
         memo = (event.namespace, event.classification)
         allowed = self._visible.get(memo)
         if allowed is None:
-            request = policy.Request(
-                Action.CONFIG_READ, self.view.environment, event.namespace, event.classification
-            )
-            allowed = self.service.core.decide(self.ctx.principal, request, self.settings).allowed
+            allowed = self.selector.matches(event.namespace, event.key)
+            if allowed:
+                request = policy.Request(
+                    Action.CONFIG_READ, self.view.environment, event.namespace, event.classification
+                )
+                allowed = self.service.core.decide(self.ctx.principal, request, self.settings).allowed
             if len(self._visible) < 4096:
                 self._visible[memo] = allowed
         return allowed
@@ -605,8 +649,41 @@ class Subscription:
     def __aiter__(self) -> AsyncIterator[WatchEvent]:
         return self._events()
 
+    def _waiter_for_change(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+        """A future the view's next change sets to True, or the progress timer to False."""
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.view.waiters[waiter] = None
+        if self.progress_interval:
+            self._due = loop.time() + self.progress_interval
+            if self._timer is None:
+                self._timer = loop.call_at(self._due, self._on_timer)
+        self._waiter = waiter
+        return waiter
+
+    def _done_waiting(self, waiter: asyncio.Future[bool]) -> None:
+        self._waiter = None
+        self.view.waiters.pop(waiter, None)  # gone already if a change took it
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # busy with events: the next wait arms the timer again
+        loop = waiter.get_loop()
+        if self._due - loop.time() > _TIMER_SLACK:  # events came since it was armed: it starts later
+            self._timer = loop.call_at(self._due, self._on_timer)
+        else:
+            waiter.set_result(False)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def _events(self) -> AsyncIterator[WatchEvent]:
         service, view, state = self.service, self.view, self.state
+        visible = self.visible
+        loop = asyncio.get_running_loop()
         tenant_id = state.tenant_id
         if self.since is None:
             cursor = state.revision
@@ -617,32 +694,35 @@ class Subscription:
         else:
             cursor = self.since
         caught_up = False
-        while not service._closed.is_set() and not state.retired:
-            if cursor < view.start:  # before the shared log: recompute from history
-                upto = view.start
-                for event in await service.replay(tenant_id, view.environment, cursor, upto):
-                    if self.visible(event):
-                        yield event
-                cursor = upto
-                continue
-            changed = view.changed
-            events, head = view.after(cursor), state.revision
-            for event in events:
-                if self.visible(event):
-                    yield event
-                cursor = event.revision
-            if events:
-                continue
-            if not caught_up:  # one mark as soon as the replay is done: connected and up to date
-                caught_up = True
-                cursor = max(cursor, head)
-                yield progress_event(cursor)
-                continue
-            cursor = max(cursor, head)  # nothing the watcher can see happened up to head
-            try:
-                async with asyncio.timeout(self.progress_interval or None):
-                    await changed.wait()
-            except TimeoutError:
-                if not view.after(cursor):
+        try:
+            while not service._closed.is_set() and not state.retired:
+                if cursor < view.start:  # before the shared log: recompute from history
+                    upto = view.start
+                    for event in await service.replay(tenant_id, view.environment, cursor, upto):
+                        if visible(event):
+                            yield event
+                    cursor = upto
+                    continue
+                events, head = view.after(cursor), state.revision
+                if events:
+                    for event in events:
+                        if visible(event):
+                            yield event
+                        cursor = event.revision
+                    continue
+                if not caught_up:  # one mark as soon as the replay is done: connected and up to date
+                    caught_up = True
+                    cursor = max(cursor, head)
+                    yield view.progress(cursor)
+                    continue
+                cursor = max(cursor, head)  # nothing the watcher can see happened up to head
+                waiter = self._waiter_for_change(loop)
+                try:
+                    changed = await waiter
+                finally:
+                    self._done_waiting(waiter)
+                if not changed and not view.after(cursor):
                     cursor = max(cursor, state.revision)
-                    yield progress_event(cursor)
+                    yield view.progress(cursor)
+        finally:
+            self._stop_timer()
