@@ -4,15 +4,18 @@ Why this exists: a plaintext secret read (``GET /v1/secrets/{namespace}/{key}``)
 everything a config read does (authentication, authorization, JSON encoding) and
 more: it loads the secret's versions, unwraps the version's data key through the
 key provider, opens the AES-256-GCM ciphertext, and writes an audit event that is
-committed (fsync) before the value is returned. The server keeps an opened value
-in memory for a few seconds (server/service/secrets.py, PLAINTEXT_TTL_SECONDS), so
-under this load the unwrap and open happen once per few seconds and each read pays
-for authorization, the durable audit record (shared with concurrent reads in one
-group commit) and the answer; the envelope figures below show what an open costs
-when it happens. This script measures that next to a config read of a value of the same size
-(``GET /v1/configs/{namespace}/{key}``), on the same server process, in the same
-run, alternately, so the ratio is meaningful even where the absolute figures are
-not. The target is a ratio (secret / config) of at least 0.70. It also times the
+committed (fsync) before the value is returned. The server keeps an opened value, and
+the answer encoded from it, in memory for a few seconds (server/service/secrets.py,
+PLAINTEXT_TTL_SECONDS; any write to the tenant's secrets drops both), so under this
+load the unwrap, open and encoding happen once per few seconds and each read pays for
+authorization and the durable audit record, shared with the concurrent reads in one
+group commit (server/storage/sqlite.py: one INSERT, one fsync); the envelope figures
+below show what an open costs when it happens. With every connection waiting for the
+same commit, the server alternates between answering and committing, so the time of a
+commit counts against each batch of reads. This script measures that next to a config
+read of a value of the same size (``GET /v1/configs/{namespace}/{key}``), on the same
+server process, in the same run, alternately, so the ratio is meaningful even where the
+absolute figures are not. The target is a ratio (secret / config) of at least 0.70. It also times the
 envelope primitives in this process: sealing and opening a 1 KB value, each with
 its own fresh data key, as the server does.
 

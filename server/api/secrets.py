@@ -7,11 +7,13 @@ decoded and names are validated, so encoded separators never get through.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
 from server.api.http import (
+    JSON_TYPE,
     body_int,
     body_str,
     ctx_of,
@@ -23,7 +25,7 @@ from server.api.http import (
     services_of,
 )
 from shared.errors import InvalidInput
-from shared.models import parse_environment, validate_key, validate_namespace
+from shared.models import Environment, SecretVersion, parse_environment, validate_key, validate_namespace
 
 PREFIX = "/v1/secrets/"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -58,16 +60,36 @@ async def put_secret(request: web.Request) -> web.Response:
     return json_response(_version_dict(record), 201 if record.version == 1 else 200)
 
 
+_GetArgs = tuple[str, str, Environment, int | None]  # namespace, key, env, version
+_parsed_gets: dict[str, _GetArgs] = {}
+_PARSED_GETS_MAX = 4096
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # as json_response
+
+
+def _get_args(request: web.Request) -> _GetArgs:
+    """Parse a GET's path and query once; the parse of a given raw URL never changes."""
+    args = _parsed_gets.get(request.raw_path)
+    if args is None:
+        namespace, key = secret_path(request)
+        env = parse_environment(request.query.get("env"))
+        args = (namespace, key, env, query_int(request, "version", minimum=1))
+        if len(_parsed_gets) >= _PARSED_GETS_MAX:
+            _parsed_gets.clear()
+        _parsed_gets[request.raw_path] = args
+    return args
+
+
+def _read_answer(value: str, record: SecretVersion) -> bytes:
+    """The body of a plaintext read; the service keeps it with the opened value for a few seconds."""
+    return _encode_json({**_version_dict(record), "value": value}).encode()
+
+
 async def get_secret(request: web.Request) -> web.Response:
-    namespace, key = secret_path(request)
-    value, record = await services_of(request).secrets.get(
-        ctx_of(request),
-        namespace,
-        key,
-        env=parse_environment(request.query.get("env")),
-        version=query_int(request, "version", minimum=1),
+    namespace, key, env, version = _get_args(request)
+    body = await services_of(request).secrets.get_encoded(
+        ctx_of(request), namespace, key, env=env, version=version, encode=_read_answer
     )
-    return json_response({**_version_dict(record), "value": value}, headers=_NO_STORE)
+    return web.Response(body=body, content_type=JSON_TYPE, headers=_NO_STORE)
 
 
 async def secret_versions(request: web.Request) -> web.Response:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.cluster.limits import secret_bytes
 from server.keys import KeyProvider
 from server.service import policy
-from server.service.core import Core, Ctx, iso
+from server.service.core import Core, Ctx, iso, utc_now
 from server.service.policy import Action
-from server.storage.base import SecretEvent
+from server.storage.base import AuditDraft, SecretEvent
 from shared.crypto import (
     FORMAT_VERSION,
     DecryptionFailed,
@@ -82,6 +84,23 @@ def _served(record: SecretVersion | None) -> tuple[Environment, ...]:
     return served_environments(record.metadata.get("environment")) if record is not None else ()
 
 
+Encoder = Callable[[str, SecretVersion], bytes]  # an answer made of (plaintext, record)
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A value opened for a read, kept in memory for ``PLAINTEXT_TTL_SECONDS``."""
+
+    record: SecretVersion  # the very record object the version cache held when it was opened
+    value: str
+    expiry: float  # time.monotonic()
+    # an answer encoded from value and record (get_encoded), with the encoder that made it
+    encoded: tuple[Encoder, bytes] | None = None
+
+
+_NO_VERSIONS: dict[tuple[str, str], list[SecretVersion]] = {}
+
+
 def _seconds(value: Any, name: str, maximum: int) -> int | None:
     if value is None:
         return None
@@ -98,16 +117,18 @@ class SecretService:
         # tenant -> (namespace, key) -> versions newest first; dropped on any secret write in the tenant
         self._versions: dict[str, dict[tuple[str, str], list[SecretVersion]]] = {}
         self._generation: dict[str, int] = {}
-        # (tenant, namespace, key, version) -> (record opened, plaintext, monotonic expiry), oldest
+        # (tenant, namespace, key, version) -> the opened value (and an answer made of it), oldest
         # first; a hit needs the very record object the version cache holds now, so a reload
         # (after any write) opens the value again
-        self._plain: dict[tuple[str, str, str, int], tuple[SecretVersion, str, float]] = {}
+        self._plain: dict[tuple[str, str, str, int], _Opened] = {}
+        self._second: tuple[int, str] = (-1, "")  # a whole second since the epoch and its ISO text
         self._plain_sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
         # tenant -> (token id, action, environments, namespace) -> refusal (None: allowed);
         # dropped with the tenant's settings, as Core drops its memo of decisions
         self._refusals: dict[str, dict[_RefusalKey, tuple[policy.Request, policy.Decision] | None]] = {}
         core.settings_listeners.append(self._forget_refusals)
         self.commit_listeners: list[Callable[[str], None]] = []  # called with the tenant after a write
+        self._stamps: dict[str, int] = {}  # replicated store: the tenant revision the caches are of
 
     def _forget_refusals(self, tenant_id: str) -> None:
         """The tenant's settings changed: decisions taken on the old ones no longer hold."""
@@ -115,14 +136,22 @@ class SecretService:
 
     def forget(self, tenant_id: str) -> None:
         """Drop cached version lists of a tenant (after any write to its secrets)."""
+        self._drop(tenant_id)
+        for listener in self.commit_listeners:
+            listener(tenant_id)
+
+    def _drop(self, tenant_id: str) -> None:
         self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
         self._versions.pop(tenant_id, None)
         for slot in [slot for slot in self._plain if slot[0] == tenant_id]:
             del self._plain[slot]
-        for listener in self.commit_listeners:
-            listener(tenant_id)
 
     async def _load(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
+        if self.core.replicated:  # another replica may have written: its revision dates the caches
+            stamp = await self.core.storage.current_revision(tenant_id)
+            if self._stamps.get(tenant_id) != stamp:
+                self._drop(tenant_id)
+                self._stamps[tenant_id] = stamp
         cached = self._versions.get(tenant_id, {}).get((namespace, key))
         if cached is not None:
             return cached
@@ -212,7 +241,12 @@ class SecretService:
         served = tuple(dict.fromkeys((*_served(replaced), *served_environments(env))))
         await self._authorize(ctx, Action.SECRET_WRITE, served, namespace, key)
         now = self.core.clock()
-        async with self.core.storage.write(tenant_id) as tx:
+        quota = self.core.limits.hold(
+            tenant_id,
+            secrets=0 if replaced else 1,
+            storage_bytes=len(plaintext) - (secret_bytes(replaced) if replaced else 0),
+        )
+        async with quota, self.core.storage.write(tenant_id) as tx:
             latest = await tx.latest_secret(tenant_id, namespace, key)
             version = (latest.version if latest else 0) + 1
             if interval is None and latest is not None:
@@ -337,8 +371,39 @@ class SecretService:
         version: int | None = None,
     ) -> tuple[str, SecretVersion]:
         """The plaintext of the active version (or a given one still valid); audited."""
-        validate_namespace(namespace)
-        validate_key(key)
+        opened = await self._read(ctx, namespace, key, env, version)
+        return opened.value, opened.record
+
+    async def get_encoded(
+        self,
+        ctx: Ctx,
+        namespace: str,
+        key: str,
+        *,
+        env: Environment = Environment.GLOBAL,
+        version: int | None = None,
+        encode: Encoder,
+    ) -> bytes:
+        """``get``, answered as ``encode(plaintext, record)``; audited like ``get``.
+
+        The answer is encoded once per opened value and kept with it in memory (same lifetime,
+        dropped by the same writes; never written anywhere), so reads in between only pay for
+        authorization and the audit record.
+        """
+        opened = await self._read(ctx, namespace, key, env, version)
+        encoded = opened.encoded
+        if encoded is None or encoded[0] is not encode:
+            encoded = opened.encoded = (encode, encode(opened.value, opened.record))
+        return encoded[1]
+
+    async def _read(
+        self, ctx: Ctx, namespace: str, key: str, env: Environment, version: int | None
+    ) -> _Opened:
+        tenant_id = ctx.principal.tenant_id
+        # names in the version cache were checked before they were loaded
+        if (namespace, key) not in self._versions.get(tenant_id, _NO_VERSIONS):
+            validate_namespace(namespace)
+            validate_key(key)
         provider = self._provider()
         if not ctx.private_channel and not self.allow_insecure:
             insecure = policy.Decision(
@@ -350,7 +415,6 @@ class SecretService:
             await self.core.deny(
                 ctx, policy.Request(Action.SECRET_READ, env, namespace), insecure, f"secret/{namespace}/{key}"
             )
-        tenant_id = ctx.principal.tenant_id
         resource = f"secret/{namespace}/{key}"
         versions = await self._load(tenant_id, namespace, key)
         if not versions:  # same answer whether or not the caller could have read it
@@ -362,21 +426,23 @@ class SecretService:
         if record is None:
             what = f" version {version}" if version is not None else ""
             raise NotFound(f"secret {namespace}/{key}{what} not found (or no active version)")
-        await self._authorize(ctx, Action.SECRET_READ, _served(record), namespace, key)
-        if env is not Environment.GLOBAL and env not in _served(record):
+        served = _served(record)
+        await self._authorize(ctx, Action.SECRET_READ, served, namespace, key)
+        if env is not Environment.GLOBAL and env not in served:
             raise NotFound(
                 f"secret {namespace}/{key} is for {record.metadata.get('environment')} only, not {env.value}"
             )
-        refusal = self._servable(record, self.core.clock())
-        if refusal is not None:
-            raise NotFound(f"secret {namespace}/{key} version {record.version} is {refusal}")
+        if record.status is not SecretStatus.ACTIVE or record.expires_at is not None:  # else: servable
+            refusal = self._servable(record, self.core.clock())
+            if refusal is not None:
+                raise NotFound(f"secret {namespace}/{key} version {record.version} is {refusal}")
         slot = (tenant_id, namespace, key, record.version)
         cached = self._plain.get(slot)
-        if cached is not None and cached[0] is record and cached[2] > time.monotonic():
+        if cached is not None and cached.record is record and cached.expiry > time.monotonic():
             await self.core.audit(
-                tenant_id, self.core.draft(ctx, "secret:read", resource, "ok", {"version": record.version})
+                tenant_id, self._read_draft(ctx, resource, "ok", {"version": record.version})
             )
-            return cached[1], record
+            return cached
         try:
             dek = await provider.unwrap(
                 tenant_id,
@@ -392,41 +458,56 @@ class SecretService:
         except DecryptionFailed as exc:
             await self.core.audit(
                 tenant_id,
-                self.core.draft(
-                    ctx,
-                    "secret:read",
-                    resource,
-                    "tamper_detected",
-                    {"version": record.version, "error": exc.detail},
+                self._read_draft(
+                    ctx, resource, "tamper_detected", {"version": record.version, "error": exc.detail}
                 ),
             )
             raise
-        await self.core.audit(
-            tenant_id, self.core.draft(ctx, "secret:read", resource, "ok", {"version": record.version})
-        )
-        value = plaintext.decode()
-        self._remember(slot, record, value)
-        return value, record
+        await self.core.audit(tenant_id, self._read_draft(ctx, resource, "ok", {"version": record.version}))
+        return self._remember(slot, record, plaintext.decode())
 
-    def _remember(self, slot: tuple[str, str, str, int], record: SecretVersion, value: str) -> None:
+    def _read_draft(self, ctx: Ctx, resource: str, result: str, metadata: dict[str, Any]) -> AuditDraft:
+        """``core.draft(ctx, "secret:read", ...)``, made on every read: with the real clock the
+        time is formatted without a datetime (the text of the current second is kept)."""
+        if self.core.clock is utc_now:
+            second, fraction = divmod(time.time_ns(), 1_000_000_000)
+            if self._second[0] != second:
+                self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            now = f"{self._second[1]}.{fraction // 1000:06d}Z"
+        else:
+            now = self.core.now_iso()
+        principal = ctx.principal
+        return AuditDraft(
+            time=now,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            action="secret:read",
+            resource=resource,
+            result=result,
+            request_id=ctx.request_id,
+            metadata=metadata,
+        )
+
+    def _remember(self, slot: tuple[str, str, str, int], record: SecretVersion, value: str) -> _Opened:
         """Keep an opened value for ``PLAINTEXT_TTL_SECONDS``; a timer drops it when that is up."""
         self._plain.pop(slot, None)
         if len(self._plain) >= PLAINTEXT_CACHE_MAX:
             del self._plain[next(iter(self._plain))]
-        self._plain[slot] = (record, value, time.monotonic() + PLAINTEXT_TTL_SECONDS)
+        opened = self._plain[slot] = _Opened(record, value, time.monotonic() + PLAINTEXT_TTL_SECONDS)
         loop = asyncio.get_running_loop()
         if self._plain_sweep is None or self._plain_sweep[0] is not loop:
             self._plain_sweep = (loop, loop.call_later(PLAINTEXT_TTL_SECONDS, self._sweep_plain))
+        return opened
 
     def _sweep_plain(self) -> None:
         """Drop expired values (oldest first), then come back when the next one is due."""
         self._plain_sweep = None
         now = time.monotonic()
         while self._plain:
-            slot, (_, _, expiry) = next(iter(self._plain.items()))
-            if expiry > now:
+            slot, opened = next(iter(self._plain.items()))
+            if opened.expiry > now:
                 loop = asyncio.get_running_loop()
-                self._plain_sweep = (loop, loop.call_later(expiry - now, self._sweep_plain))
+                self._plain_sweep = (loop, loop.call_later(opened.expiry - now, self._sweep_plain))
                 return
             del self._plain[slot]
 

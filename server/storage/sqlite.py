@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -182,14 +183,58 @@ def _translate(exc: Exception, what: str) -> StorageError:
     return StorageError(f"SQLite failed while {what}: {type(exc).__name__}", retriable=retriable)
 
 
-_AUDIT_INSERT = f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_AUDIT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_AUDIT_INSERT = f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES {_AUDIT_VALUES}"
+
+# The audit group commit writes a batch with as few statements as it can: sqlite3 lets the GIL go
+# around every statement, and each time the writer thread wants it back it may have to wait for
+# the busy event loop to let it go. So its connection checks and moves the chain head itself, row
+# by row, in two TEMP triggers (they exist on that connection only, never in the database file),
+# and a batch of up to _AUDIT_ROWS_MAX rows is one multi-row INSERT that commits on its own (one
+# transaction, one fsync). The writer remembers the head it left; when another writer has moved
+# it since, the check refuses the whole statement and the batch is chained again on the new head.
+_HEAD_MOVED = "audit chain head moved"
+_AUDIT_TRIGGERS = (
+    "CREATE TEMP TRIGGER IF NOT EXISTS audit_batch_check BEFORE INSERT ON audit_log "
+    "WHEN NOT EXISTS (SELECT 1 FROM chains WHERE id = NEW.chain AND audit_seq = NEW.seq - 1 "
+    f"AND audit_hash = NEW.prev_hash) BEGIN SELECT RAISE(ABORT, '{_HEAD_MOVED}'); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS audit_batch_head AFTER INSERT ON audit_log "
+    "BEGIN UPDATE chains SET audit_seq = NEW.seq, audit_hash = NEW.hash WHERE id = NEW.chain; END",
+)
+_AUDIT_ATTEMPTS = 3  # chain a batch on a head read again at most this often
+_CHAIN_HEAD = "SELECT audit_seq, audit_hash FROM chains WHERE id = ?"
+# rows per INSERT: 12 parameters a row, within the 32766 parameters a statement may have since
+# SQLite 3.32 (999 before)
+_AUDIT_ROWS_MAX = 1024 if sqlite3.sqlite_version_info >= (3, 32, 0) else 64
 
 
+@functools.lru_cache(maxsize=64)
+def _audit_insert(rows: int) -> str:
+    """The INSERT of ``rows`` audit rows (the same str object each time: sqlite3 caches its statement)."""
+    return f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES " + ", ".join([_AUDIT_VALUES] * rows)
+
+
+def _json_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """Compact JSON (no spaces, UTF-8 kept), with the C encoder built once: ``JSONEncoder.encode``
+    sets one up on every call, which costs more than encoding a small metadata dict."""
+    py = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return py.encode
+    # no circular-reference markers: metadata is built by the services, never self-referencing
+    chunks = make(None, py.default, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_CANONICAL = _json_encoder(sort_keys=True)
+_COMPACT = _json_encoder(sort_keys=False)
 # The audit group commit hashes every record it writes, so the hashed text is built from a
 # template: the very bytes ``record_hash`` hashes (canonical JSON: sorted keys, no spaces, UTF-8)
 # without setting up a JSON encoder per record. A field that is not a string takes the generic way.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _JSON_STR = json.encoder.encode_basestring
 _HASHED_RECORD = (
     '{"action":%s,"actor":%s,"chain":%s,"metadata":%s,"prev_hash":%s,"request_id":%s,'
@@ -271,6 +316,24 @@ def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
         r.prev_hash,
         r.hash,
     )
+
+
+def _insert_audit_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` into audit_log in order, all or none, on the group commit's connection (its
+    triggers check and move the chain head): one statement that commits on its own, or, beyond
+    ``_AUDIT_ROWS_MAX`` rows, several in one transaction."""
+    if len(rows) <= _AUDIT_ROWS_MAX:
+        conn.execute(_audit_insert(len(rows)), [value for row in rows for value in row])
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for start in range(0, len(rows), _AUDIT_ROWS_MAX):
+            part = rows[start : start + _AUDIT_ROWS_MAX]
+            conn.execute(_audit_insert(len(part)), [value for row in part for value in row])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 _AuditJob = tuple[str, list[AuditDraft], "asyncio.Future[list[AuditRecord]]"]
@@ -597,6 +660,7 @@ class SQLiteStorage:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._batch_conn: sqlite3.Connection | None = None  # audit batches, used under the lock
+        self._audit_heads: dict[str, tuple[int, str]] = {}  # chain -> (seq, hash) the batches left
         # audit group commit: calls waiting (appended on the event loop, taken by the writer thread)
         self._audit_jobs: deque[_AuditJob] = deque()
         self._audit_drain: asyncio.Task[None] | None = None
@@ -673,6 +737,7 @@ class SQLiteStorage:
         if self._audit_drain is not None:  # let the audit writer finish with its connection
             await asyncio.wait({self._audit_drain})
         batch, self._batch_conn = self._batch_conn, None
+        self._audit_heads.clear()
         if batch is not None:
             await asyncio.to_thread(batch.close)
         for attr in ("_reader", "_writer"):
@@ -756,29 +821,40 @@ class SQLiteStorage:
     def _append_audit_batch_sync(self, chain: str, drafts: list[AuditDraft]) -> list[AuditRecord]:
         if self._batch_conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                "busy_timeout=10000",
+                "temp_store=MEMORY",  # the triggers below
+            ):
                 conn.execute(f"PRAGMA {pragma}")
+            for trigger in _AUDIT_TRIGGERS:
+                conn.execute(trigger)
             self._batch_conn = conn
         conn = self._batch_conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
-                "ON CONFLICT(id) DO NOTHING",
-                (chain, GENESIS_HASH),
-            )
-            head = conn.execute("SELECT audit_seq, audit_hash FROM chains WHERE id = ?", (chain,)).fetchone()
+        head = self._audit_heads.pop(chain, None)  # as this writer left it; popped until this commits
+        for attempt in range(1, _AUDIT_ATTEMPTS + 1):
+            if head is None:
+                head = conn.execute(_CHAIN_HEAD, (chain,)).fetchone()
+            if head is None:  # a chain's first record: its row starts at genesis
+                conn.execute(
+                    "INSERT INTO chains (id, revision, audit_seq, audit_hash) VALUES (?, 0, 0, ?) "
+                    "ON CONFLICT(id) DO NOTHING",
+                    (chain, GENESIS_HASH),
+                )
+                head = (0, GENESIS_HASH)
             records = _chain_records(chain, head, drafts)
-            conn.executemany(_AUDIT_INSERT, [_audit_row(r) for r in records])
-            conn.execute(
-                "UPDATE chains SET audit_seq = ?, audit_hash = ? WHERE id = ?",
-                (records[-1].seq, records[-1].hash, chain),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return records
+            try:
+                _insert_audit_rows(conn, [_audit_row(r) for r in records])
+            except sqlite3.IntegrityError as exc:
+                if _HEAD_MOVED not in str(exc) or attempt == _AUDIT_ATTEMPTS:
+                    raise
+                head = None  # another writer appended to the chain: chain the batch on its new head
+                continue
+            self._audit_heads[chain] = (records[-1].seq, records[-1].hash)
+            return records
+        raise StorageError("the audit chain head kept moving while the audit log was written; retry")
 
     @asynccontextmanager
     async def write(self, chain: str) -> AsyncIterator[SQLiteWriteTx]:

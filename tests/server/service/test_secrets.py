@@ -12,9 +12,9 @@ import pytest
 from server.keys import LocalKeyProvider
 from server.service import Ctx, Services
 from server.storage import SQLiteStorage
-from shared.crypto import DecryptionFailed, new_key
+from shared.crypto import DecryptionFailed, WrappedKey, new_key
 from shared.errors import InvalidInput, NotFound, PermissionDenied
-from shared.models import ConfigRef, Environment
+from shared.models import ConfigRef, Environment, SecretVersion
 from tests.server.service.conftest import FakeClock, token_ctx
 
 PLAIN = "sk-ant-PLANTED-SECRET-VALUE-0123456789"
@@ -125,6 +125,200 @@ class TestRotationAndGrace:
         ]
         for i in range(5):
             assert (await services.secrets.get(ctx, "budget", f"k{i}"))[0] == f"v{i}"
+
+
+class CountingUnwraps:
+    """Counts the provider's unwraps: each is one opening of a stored value (a cache miss)."""
+
+    def __init__(self, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+        provider = services.secrets.keys
+        assert provider is not None
+        real = provider.unwrap
+        self.count = 0
+
+        async def unwrap(tenant_id: str, wrapped: WrappedKey, aad: bytes) -> bytes:
+            self.count += 1
+            return await real(tenant_id, wrapped, aad)
+
+        monkeypatch.setattr(provider, "unwrap", unwrap)
+
+
+def read_audits(db: Path) -> int:
+    (count,) = rows(db, "SELECT COUNT(*) FROM audit_log WHERE action = 'secret:read' AND result = 'ok'")[0]
+    assert isinstance(count, int)
+    return count
+
+
+class TestPlaintextCache:
+    """An opened value is kept in memory for a few seconds; every write to the tenant's secrets
+    drops it, and every read is still authorized, checked for validity and audited."""
+
+    @pytest.fixture
+    def unwraps(
+        self, secret_services: tuple[Services, Ctx, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> CountingUnwraps:
+        return CountingUnwraps(secret_services[0], monkeypatch)
+
+    async def test_repeated_reads_open_once_and_each_is_audited(
+        self, secret_services: tuple[Services, Ctx, Path], unwraps: CountingUnwraps
+    ) -> None:
+        """Three reads in a row: one opening, three audit records, the same value each time."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        for _ in range(3):
+            assert (await services.secrets.get(ctx, "api-keys", "anthropic"))[0] == PLAIN
+        assert unwraps.count == 1
+        assert read_audits(db) == 3
+
+    async def test_a_write_to_any_secret_of_the_tenant_drops_the_cache(
+        self, secret_services: tuple[Services, Ctx, Path], unwraps: CountingUnwraps
+    ) -> None:
+        """After a put of another secret the cached value is opened again (from the store)."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.get(ctx, "api-keys", "anthropic")
+        await services.secrets.put(ctx, "api-keys", "openai", "sk-other")
+        assert (await services.secrets.get(ctx, "api-keys", "anthropic"))[0] == PLAIN
+        assert unwraps.count == 2
+
+    async def test_a_cached_value_is_not_served_after_the_store_changed_under_it(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Served from memory while cached; once a write drops it, a read opens what is stored now
+        (here a tampered row, which fails): the cache never outlives a write."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.put(ctx, "api-keys", "openai", "sk-openai-other")
+        await services.secrets.get(ctx, "api-keys", "anthropic")
+        tamper(
+            db,
+            "UPDATE secret_versions SET wrapped_dek = (SELECT wrapped_dek FROM secret_versions "
+            "WHERE key = 'openai') WHERE key = 'anthropic'",
+        )
+        assert (await services.secrets.get(ctx, "api-keys", "anthropic"))[0] == PLAIN  # from memory
+        await services.secrets.put(ctx, "other", "key", "x")
+        with pytest.raises(DecryptionFailed):
+            await services.secrets.get(ctx, "api-keys", "anthropic")
+
+    async def test_read_after_rotation_returns_the_new_value_at_once(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Version 1 cached, then rotated with a grace period: the active read is the new value and
+        version 1, still in its grace, is opened again and still correct."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        assert (await services.secrets.get(ctx, "api-keys", "openai"))[0] == "old"
+        await services.secrets.put(ctx, "api-keys", "openai", "new", grace_period=60)
+        value, record = await services.secrets.get(ctx, "api-keys", "openai")
+        assert (value, record.version) == ("new", 2)
+        assert (await services.secrets.get(ctx, "api-keys", "openai", version=1))[0] == "old"
+
+    async def test_rotated_out_version_is_never_served_from_cache(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Version 1 cached, then replaced without a grace period: asking for it by number is refused."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        await services.secrets.get(ctx, "api-keys", "openai", version=1)
+        await services.secrets.put(ctx, "api-keys", "openai", "new")
+        with pytest.raises(NotFound, match="deprecated"):
+            await services.secrets.get(ctx, "api-keys", "openai", version=1)
+        assert (await services.secrets.get(ctx, "api-keys", "openai"))[0] == "new"
+
+    async def test_revoked_versions_are_never_served_from_cache(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """Both versions cached; revoking version 1 refuses it at once, version 2 still reads;
+        revoking everything refuses the active read too."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        await services.secrets.put(ctx, "api-keys", "openai", "new", grace_period=600)
+        await services.secrets.get(ctx, "api-keys", "openai", version=1)
+        await services.secrets.get(ctx, "api-keys", "openai")
+        await services.secrets.revoke(ctx, "api-keys", "openai", version=1)
+        with pytest.raises(NotFound, match="revoked"):
+            await services.secrets.get(ctx, "api-keys", "openai", version=1)
+        assert (await services.secrets.get(ctx, "api-keys", "openai"))[0] == "new"
+        await services.secrets.revoke(ctx, "api-keys", "openai")
+        with pytest.raises(NotFound, match="no active version"):
+            await services.secrets.get(ctx, "api-keys", "openai")
+        with pytest.raises(NotFound, match="revoked"):
+            await services.secrets.get(ctx, "api-keys", "openai", version=2)
+        assert read_audits(db) == 3  # refused reads leave no secret:read ok record
+
+    async def test_rewrap_drops_the_cache(
+        self, secret_services: tuple[Services, Ctx, Path], unwraps: CountingUnwraps
+    ) -> None:
+        """A KEK rotation and rewrap change the stored row: the next read opens it again, on the new KEK."""
+        services, ctx, _ = secret_services
+        assert isinstance(services.secrets.keys, LocalKeyProvider)
+        services.secrets.keys.max_encryptions = 2**30
+        await services.secrets.put(ctx, "api-keys", "anthropic", PLAIN)
+        await services.secrets.get(ctx, "api-keys", "anthropic")
+        current = (await services.keys.rotate(ctx))["current_version"]
+        assert await services.keys.rewrap_tenant(ctx.principal.tenant_id, rate=0) == 1
+        opened = unwraps.count  # the rewrap unwraps too
+        value, record = await services.secrets.get(ctx, "api-keys", "anthropic")
+        assert (value, record.kek_version) == (PLAIN, current)
+        assert unwraps.count == opened + 1
+
+    async def test_grace_period_ends_for_a_cached_version(
+        self, secret_services: tuple[Services, Ctx, Path], clock: FakeClock
+    ) -> None:
+        """Version 1 read (cached) in its grace period is refused once the grace period is over."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        await services.secrets.put(ctx, "api-keys", "openai", "new", grace_period=60)
+        assert (await services.secrets.get(ctx, "api-keys", "openai", version=1))[0] == "old"
+        clock.advance(61)
+        with pytest.raises(NotFound, match="deprecated"):
+            await services.secrets.get(ctx, "api-keys", "openai", version=1)
+
+    async def test_expiry_applies_to_a_cached_value(
+        self, secret_services: tuple[Services, Ctx, Path], clock: FakeClock
+    ) -> None:
+        """A secret read (cached) shortly before it expires is refused right after."""
+        services, ctx, _ = secret_services
+        await services.secrets.put(ctx, "api-keys", "short", "y", expires_in=10)
+        clock.advance(9)
+        assert (await services.secrets.get(ctx, "api-keys", "short"))[0] == "y"
+        clock.advance(2)
+        with pytest.raises(NotFound, match="expired"):
+            await services.secrets.get(ctx, "api-keys", "short")
+
+    async def test_encoded_answer_is_kept_with_the_value_and_dropped_with_it(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """get_encoded encodes once per opened value; after a rotation the answer is the new value's."""
+        services, ctx, db = secret_services
+        calls: list[tuple[str, int]] = []
+
+        def encode(value: str, record: SecretVersion) -> bytes:
+            calls.append((value, record.version))
+            return f"{record.version}:{value}".encode()
+
+        await services.secrets.put(ctx, "api-keys", "openai", "old")
+        for _ in range(2):
+            assert await services.secrets.get_encoded(ctx, "api-keys", "openai", encode=encode) == b"1:old"
+        await services.secrets.put(ctx, "api-keys", "openai", "new", grace_period=60)
+        assert await services.secrets.get_encoded(ctx, "api-keys", "openai", encode=encode) == b"2:new"
+        assert calls == [("old", 1), ("new", 2)]
+        assert read_audits(db) == 3
+
+    async def test_cached_value_is_still_authorized_per_caller(
+        self, secret_services: tuple[Services, Ctx, Path]
+    ) -> None:
+        """An admin's read caches the value; a developer asking next is still refused and audited."""
+        services, ctx, db = secret_services
+        await services.secrets.put(ctx, "api-keys", "shared", PLAIN)
+        await services.secrets.get(ctx, "api-keys", "shared")
+        dev = await token_ctx(services, ctx, "developer")
+        with pytest.raises(PermissionDenied):
+            await services.secrets.get(dev, "api-keys", "shared")
+        with pytest.raises(PermissionDenied):
+            await services.secrets.get_encoded(dev, "api-keys", "shared", encode=lambda v, r: v.encode())
+        assert rows(db, "SELECT COUNT(*) FROM audit_log WHERE result = 'denied'") == [(2,)]
+        assert read_audits(db) == 1
 
 
 class TestTampering:
