@@ -27,19 +27,18 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from server.audit_chain import GENESIS_HASH, record_hash
+from server.storage import rows as rowmap
 from server.storage.base import AgentStatus, AuditDraft, SecretEvent
 from server.storage.migrations import POSTGRES_MIGRATIONS
 from shared.errors import AlreadyExists, StorageError
 from shared.models import (
     AuditRecord,
-    ChangeType,
     ConfigRef,
     ConfigVersion,
     Environment,
     KekRecord,
     SchemaBinding,
     SchemaRecord,
-    SecretStatus,
     SecretVersion,
     Tenant,
     TokenRecord,
@@ -104,81 +103,9 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-_VERSION_COLS = (
-    "namespace, key, environment, version, revision, value, sha256, change_type, author, "
-    "message, created_at, patch, tombstone, metadata"
-)
-
-
-def _version(row: Any) -> ConfigVersion:
-    return ConfigVersion(
-        namespace=row[0],
-        key=row[1],
-        environment=Environment(row[2]),
-        version=int(row[3]),
-        revision=int(row[4]),
-        value=json.loads(row[5]),
-        sha256=row[6],
-        change_type=ChangeType(row[7]),
-        author=row[8],
-        message=row[9],
-        created_at=row[10],
-        patch=json.loads(row[11]),
-        tombstone=bool(row[12]),
-        metadata=json.loads(row[13]),
-    )
-
-
-_TENANT_COLS = "id, name, status, created_at, settings"
-
-
-def _tenant(row: Any) -> Tenant:
-    return Tenant(id=row[0], name=row[1], status=row[2], created_at=row[3], settings=json.loads(row[4]))
-
-
-_TOKEN_COLS = (
-    "id, tenant_id, name, token_hash, roles, namespaces, created_at, expires_at, revoked, created_by"
-)
-
-
-def _token(row: Any) -> TokenRecord:
-    return TokenRecord(
-        id=row[0],
-        tenant_id=row[1],
-        name=row[2],
-        token_hash=row[3],
-        roles=tuple(json.loads(row[4])),
-        namespaces=tuple(json.loads(row[5])),
-        created_at=row[6],
-        expires_at=row[7],
-        revoked=bool(row[8]),
-        created_by=row[9],
-    )
-
-
-_AUDIT_COLS = (
-    "seq, chain, time, tenant_id, actor, action, resource, result, request_id, metadata, prev_hash, hash"
-)
 _AUDIT_INSERT = (
-    f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    f"INSERT INTO audit_log ({rowmap.AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
-
-
-def _audit(row: Any) -> AuditRecord:
-    return AuditRecord(
-        seq=int(row[0]),
-        chain=row[1],
-        time=row[2],
-        tenant_id=row[3],
-        actor=row[4],
-        action=row[5],
-        resource=row[6],
-        result=row[7],
-        request_id=row[8],
-        metadata=json.loads(row[9]),
-        prev_hash=row[10],
-        hash=row[11],
-    )
 
 
 def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
@@ -235,64 +162,6 @@ def _chain_records(chain: str, head: Any, drafts: list[AuditDraft]) -> list[Audi
         records.append(record)
         prev_hash = record.hash
     return records
-
-
-_SECRET_COLS = (
-    "namespace, key, version, revision, status, format, kek_id, kek_version, wrapped_dek, ciphertext, "
-    "created_at, author, message, valid_until, expires_at, metadata"
-)
-
-
-def _secret(row: Any) -> SecretVersion:
-    return SecretVersion(
-        namespace=row[0],
-        key=row[1],
-        version=int(row[2]),
-        revision=int(row[3]),
-        status=SecretStatus(row[4]),
-        format=int(row[5]),
-        kek_id=row[6],
-        kek_version=int(row[7]),
-        wrapped_dek=row[8],
-        ciphertext=row[9],
-        created_at=row[10],
-        author=row[11],
-        message=row[12],
-        valid_until=row[13],
-        expires_at=row[14],
-        metadata=json.loads(row[15]),
-    )
-
-
-_SECRET_EVENT_COLS = "revision, namespace, key, kind, versions, created_at, data"
-
-
-def _secret_event(row: Any) -> SecretEvent:
-    return SecretEvent(
-        revision=int(row[0]),
-        namespace=row[1],
-        key=row[2],
-        kind=row[3],
-        versions=tuple(int(v) for v in json.loads(row[4])),
-        created_at=row[5],
-        data=json.loads(row[6]),
-    )
-
-
-_AGENT_COLS = "tenant_id, agent_id, namespaces, environment, applied_revision, state, last_error, reported_at"
-
-
-def _agent(row: Any) -> AgentStatus:
-    return AgentStatus(
-        tenant_id=row[0],
-        agent_id=row[1],
-        namespaces=tuple(json.loads(row[2])),
-        environment=row[3],
-        applied_revision=int(row[4]),
-        state=row[5],
-        last_error=row[6],
-        reported_at=row[7],
-    )
 
 
 def _kek(row: Any) -> KekRecord:
@@ -385,18 +254,18 @@ class PostgresWriteTx:
 
     async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
         row = await self._one(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
             "AND key = $3 AND environment = $4 ORDER BY version DESC LIMIT 1",
             self.chain,
             ref.namespace,
             ref.key,
             ref.environment.value,
         )
-        return _version(row) if row else None
+        return rowmap.version_of(row) if row else None
 
     async def insert_version(self, version: ConfigVersion) -> None:
         await self._exec(
-            f"INSERT INTO config_versions (tenant_id, {_VERSION_COLS}) "
+            f"INSERT INTO config_versions (tenant_id, {rowmap.VERSION_COLS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             self.chain,
             version.namespace,
@@ -434,7 +303,7 @@ class PostgresWriteTx:
             raise taken
         try:
             await self._conn.execute(
-                f"INSERT INTO tenants ({_TENANT_COLS}) VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO tenants ({rowmap.TENANT_COLS}) VALUES ($1, $2, $3, $4, $5)",
                 tenant.id,
                 tenant.name,
                 tenant.status,
@@ -461,7 +330,7 @@ class PostgresWriteTx:
 
     async def insert_token(self, token: TokenRecord) -> None:
         await self._exec(
-            f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            f"INSERT INTO tokens ({rowmap.TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             token.id,
             token.tenant_id,
             token.name,
@@ -515,7 +384,7 @@ class PostgresWriteTx:
 
     async def put_agent_status(self, status: AgentStatus) -> None:
         await self._exec(
-            f"INSERT INTO agent_status ({_AGENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            f"INSERT INTO agent_status ({rowmap.AGENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
             "ON CONFLICT (tenant_id, agent_id) DO UPDATE SET namespaces = excluded.namespaces, "
             "environment = excluded.environment, applied_revision = excluded.applied_revision, "
             "state = excluded.state, last_error = excluded.last_error, reported_at = excluded.reported_at",
@@ -563,17 +432,17 @@ class PostgresWriteTx:
 
     async def latest_secret(self, tenant_id: str, namespace: str, key: str) -> SecretVersion | None:
         row = await self._one(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND namespace = $2 "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND namespace = $2 "
             "AND key = $3 ORDER BY version DESC LIMIT 1",
             tenant_id,
             namespace,
             key,
         )
-        return _secret(row) if row else None
+        return rowmap.secret_of(row) if row else None
 
     async def insert_secret(self, tenant_id: str, secret: SecretVersion) -> None:
         await self._exec(
-            f"INSERT INTO secret_versions (tenant_id, {_SECRET_COLS}) VALUES "
+            f"INSERT INTO secret_versions (tenant_id, {rowmap.SECRET_COLS}) VALUES "
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             tenant_id,
             secret.namespace,
@@ -626,7 +495,7 @@ class PostgresWriteTx:
 
     async def insert_secret_event(self, tenant_id: str, event: SecretEvent) -> None:
         await self._exec(
-            f"INSERT INTO secret_events (tenant_id, {_SECRET_EVENT_COLS}) "
+            f"INSERT INTO secret_events (tenant_id, {rowmap.SECRET_EVENT_COLS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             tenant_id,
             event.revision,
@@ -931,37 +800,38 @@ class PostgresStorage:
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = $1", tenant_id)
-        return _tenant(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TENANT_COLS} FROM tenants WHERE id = $1", tenant_id)
+        return rowmap.tenant_of(row) if row else None
 
     async def get_tenant_by_name(self, name: str) -> Tenant | None:
-        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = $1", name)
-        return _tenant(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TENANT_COLS} FROM tenants WHERE name = $1", name)
+        return rowmap.tenant_of(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
-        return [_tenant(r) for r in await self._all(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY name")]
+        found = await self._all(f"SELECT {rowmap.TENANT_COLS} FROM tenants ORDER BY name")
+        return [rowmap.tenant_of(r) for r in found]
 
     async def get_token_by_hash(self, token_hash: str) -> TokenRecord | None:
-        row = await self._first(f"SELECT {_TOKEN_COLS} FROM tokens WHERE token_hash = $1", token_hash)
-        return _token(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE token_hash = $1", token_hash)
+        return rowmap.token_of(row) if row else None
 
     async def get_token(self, tenant_id: str, token_id: str) -> TokenRecord | None:
         row = await self._first(
-            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = $1 AND id = $2", tenant_id, token_id
+            f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE tenant_id = $1 AND id = $2", tenant_id, token_id
         )
-        return _token(row) if row else None
+        return rowmap.token_of(row) if row else None
 
     async def list_tokens(self, tenant_id: str) -> list[TokenRecord]:
         rows = await self._all(
-            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id
+            f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id
         )
-        return [_token(r) for r in rows]
+        return [rowmap.token_of(r) for r in rows]
 
     async def get_version(
         self, tenant_id: str, ref: ConfigRef, version: int | None = None
     ) -> ConfigVersion | None:
         sql = (
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
             "AND key = $3 AND environment = $4"
         )
         args: tuple[Any, ...] = (tenant_id, ref.namespace, ref.key, ref.environment.value)
@@ -971,13 +841,14 @@ class PostgresStorage:
             sql += " AND version = $5"
             args += (version,)
         row = await self._first(sql, *args)
-        return _version(row) if row else None
+        return rowmap.version_of(row) if row else None
 
     async def latest_in_envs(
         self, tenant_id: str, namespace: str, key: str, environments: tuple[Environment, ...]
     ) -> dict[Environment, ConfigVersion]:
         rows = await self._all(
-            f"SELECT DISTINCT ON (environment) {_VERSION_COLS} FROM config_versions WHERE tenant_id = $1 "
+            f"SELECT DISTINCT ON (environment) {rowmap.VERSION_COLS} FROM config_versions "
+            "WHERE tenant_id = $1 "
             "AND namespace = $2 AND key = $3 AND environment = ANY($4::text[]) "
             "ORDER BY environment, version DESC",
             tenant_id,
@@ -985,14 +856,14 @@ class PostgresStorage:
             key,
             [e.value for e in environments],
         )
-        found = [_version(r) for r in rows]
+        found = [rowmap.version_of(r) for r in rows]
         return {v.environment: v for v in found}
 
     async def history(
         self, tenant_id: str, ref: ConfigRef, *, limit: int = 100, before_version: int | None = None
     ) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND namespace = $2 "
             "AND key = $3 AND environment = $4 AND version < $5 ORDER BY version DESC LIMIT $6",
             tenant_id,
             ref.namespace,
@@ -1001,28 +872,28 @@ class PostgresStorage:
             before_version if before_version is not None else 2**62,
             limit,
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def list_latest(
         self, tenant_id: str, environments: tuple[Environment, ...] | None = None
     ) -> list[ConfigVersion]:
-        sql = f"SELECT DISTINCT ON (namespace, key, environment) {_VERSION_COLS} FROM config_versions "
+        sql = f"SELECT DISTINCT ON (namespace, key, environment) {rowmap.VERSION_COLS} FROM config_versions "
         sql += "WHERE tenant_id = $1"
         args: tuple[Any, ...] = (tenant_id,)
         if environments is not None:
             sql += " AND environment = ANY($2::text[])"
             args += ([e.value for e in environments],)
         sql += " ORDER BY namespace, key, environment, version DESC"
-        return [_version(r) for r in await self._all(sql, *args)]
+        return [rowmap.version_of(r) for r in await self._all(sql, *args)]
 
     async def latest_as_of(self, tenant_id: str, revision: int) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT DISTINCT ON (namespace, key, environment) {_VERSION_COLS} FROM config_versions "
+            f"SELECT DISTINCT ON (namespace, key, environment) {rowmap.VERSION_COLS} FROM config_versions "
             "WHERE tenant_id = $1 AND revision <= $2 ORDER BY namespace, key, environment, version DESC",
             tenant_id,
             revision,
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def compacted_revision(self, tenant_id: str) -> int:
         row = await self._first("SELECT compacted_revision FROM chains WHERE id = $1", tenant_id)
@@ -1030,13 +901,13 @@ class PostgresStorage:
 
     async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND revision > $2 "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = $1 AND revision > $2 "
             "ORDER BY revision LIMIT $3",
             tenant_id,
             revision,
             limit,
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def list_schemas(self, tenant_id: str) -> list[SchemaRecord]:
         rows = await self._all(
@@ -1060,9 +931,9 @@ class PostgresStorage:
 
     async def list_agent_status(self, tenant_id: str) -> list[AgentStatus]:
         rows = await self._all(
-            f"SELECT {_AGENT_COLS} FROM agent_status WHERE tenant_id = $1 ORDER BY agent_id", tenant_id
+            f"SELECT {rowmap.AGENT_COLS} FROM agent_status WHERE tenant_id = $1 ORDER BY agent_id", tenant_id
         )
-        return [_agent(r) for r in rows]
+        return [rowmap.agent_of(r) for r in rows]
 
     async def keks(self, tenant_id: str) -> list[KekRecord]:
         rows = await self._all(
@@ -1074,34 +945,35 @@ class PostgresStorage:
 
     async def secret_versions(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND namespace = $2 "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND namespace = $2 "
             "AND key = $3 ORDER BY version DESC",
             tenant_id,
             namespace,
             key,
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def list_secrets(self, tenant_id: str) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT DISTINCT ON (namespace, key) {_SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 "
+            f"SELECT DISTINCT ON (namespace, key) {rowmap.SECRET_COLS} FROM secret_versions "
+            "WHERE tenant_id = $1 "
             "ORDER BY namespace, key, version DESC",
             tenant_id,
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secrets_below_kek(
         self, tenant_id: str, kek_version: int, *, limit: int, after_revision: int = 0
     ) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND kek_version < $2 "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND kek_version < $2 "
             "AND revision > $3 ORDER BY revision LIMIT $4",
             tenant_id,
             kek_version,
             after_revision,
             limit,
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secret_kek_counts(self, tenant_id: str) -> dict[int, int]:
         rows = await self._all(
@@ -1117,31 +989,31 @@ class PostgresStorage:
         self, tenant_id: str, revision: int, *, limit: int = 1000
     ) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND revision > $2 "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = $1 AND revision > $2 "
             "ORDER BY revision LIMIT $3",
             tenant_id,
             revision,
             limit,
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secret_events_since(
         self, tenant_id: str, revision: int, *, limit: int = 1000
     ) -> list[SecretEvent]:
         rows = await self._all(
-            f"SELECT {_SECRET_EVENT_COLS} FROM secret_events WHERE tenant_id = $1 AND revision > $2 "
+            f"SELECT {rowmap.SECRET_EVENT_COLS} FROM secret_events WHERE tenant_id = $1 AND revision > $2 "
             "ORDER BY revision LIMIT $3",
             tenant_id,
             revision,
             limit,
         )
-        return [_secret_event(r) for r in rows]
+        return [rowmap.secret_event_of(r) for r in rows]
 
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._all(
-            f"SELECT {_AUDIT_COLS} FROM audit_log WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            f"SELECT {rowmap.AUDIT_COLS} FROM audit_log WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             chain,
             after_seq,
             limit,
         )
-        return [_audit(r) for r in rows]
+        return [rowmap.audit_of(r) for r in rows]

@@ -26,152 +26,22 @@ from typing import Any
 import aiosqlite
 
 from server.audit_chain import GENESIS_HASH, record_hash
+from server.storage import rows as rowmap
 from server.storage.base import AgentStatus, AuditDraft, SecretEvent
 from server.storage.migrations import SQLITE_MIGRATIONS
 from shared.errors import AlreadyExists, StorageError
 from shared.models import (
     AuditRecord,
-    ChangeType,
     ConfigRef,
     ConfigVersion,
     Environment,
     KekRecord,
     SchemaBinding,
     SchemaRecord,
-    SecretStatus,
     SecretVersion,
     Tenant,
     TokenRecord,
 )
-
-_VERSION_COLS = (
-    "namespace, key, environment, version, revision, value, sha256, change_type, author, "
-    "message, created_at, patch, tombstone, metadata"
-)
-
-
-def _version(row: sqlite3.Row | tuple[Any, ...]) -> ConfigVersion:
-    return ConfigVersion(
-        namespace=row[0],
-        key=row[1],
-        environment=Environment(row[2]),
-        version=row[3],
-        revision=row[4],
-        value=json.loads(row[5]),
-        sha256=row[6],
-        change_type=ChangeType(row[7]),
-        author=row[8],
-        message=row[9],
-        created_at=row[10],
-        patch=json.loads(row[11]),
-        tombstone=bool(row[12]),
-        metadata=json.loads(row[13]),
-    )
-
-
-def _tenant(row: tuple[Any, ...]) -> Tenant:
-    return Tenant(id=row[0], name=row[1], status=row[2], created_at=row[3], settings=json.loads(row[4]))
-
-
-def _token(row: tuple[Any, ...]) -> TokenRecord:
-    return TokenRecord(
-        id=row[0],
-        tenant_id=row[1],
-        name=row[2],
-        token_hash=row[3],
-        roles=tuple(json.loads(row[4])),
-        namespaces=tuple(json.loads(row[5])),
-        created_at=row[6],
-        expires_at=row[7],
-        revoked=bool(row[8]),
-        created_by=row[9],
-    )
-
-
-def _audit(row: tuple[Any, ...]) -> AuditRecord:
-    return AuditRecord(
-        seq=row[0],
-        chain=row[1],
-        time=row[2],
-        tenant_id=row[3],
-        actor=row[4],
-        action=row[5],
-        resource=row[6],
-        result=row[7],
-        request_id=row[8],
-        metadata=json.loads(row[9]),
-        prev_hash=row[10],
-        hash=row[11],
-    )
-
-
-_SECRET_COLS = (
-    "namespace, key, version, revision, status, format, kek_id, kek_version, wrapped_dek, ciphertext, "
-    "created_at, author, message, valid_until, expires_at, metadata"
-)
-
-
-def _secret(row: tuple[Any, ...]) -> SecretVersion:
-    return SecretVersion(
-        namespace=row[0],
-        key=row[1],
-        version=row[2],
-        revision=row[3],
-        status=SecretStatus(row[4]),
-        format=row[5],
-        kek_id=row[6],
-        kek_version=row[7],
-        wrapped_dek=row[8],
-        ciphertext=row[9],
-        created_at=row[10],
-        author=row[11],
-        message=row[12],
-        valid_until=row[13],
-        expires_at=row[14],
-        metadata=json.loads(row[15]),
-    )
-
-
-_SECRET_EVENT_COLS = "revision, namespace, key, kind, versions, created_at, data"
-
-
-def _secret_event(row: tuple[Any, ...]) -> SecretEvent:
-    return SecretEvent(
-        revision=int(row[0]),
-        namespace=row[1],
-        key=row[2],
-        kind=row[3],
-        versions=tuple(int(v) for v in json.loads(row[4])),
-        created_at=row[5],
-        data=json.loads(row[6]),
-    )
-
-
-_TENANT_COLS = "id, name, status, created_at, settings"
-_TOKEN_COLS = (
-    "id, tenant_id, name, token_hash, roles, namespaces, created_at, expires_at, revoked, created_by"
-)
-_AUDIT_COLS = (
-    "seq, chain, time, tenant_id, actor, action, resource, result, request_id, metadata, prev_hash, hash"
-)
-
-
-_AGENT_COLS = (
-    "tenant_id, agent_id, namespaces, environment, applied_revision, state, last_error, reported_at"
-)
-
-
-def _agent(row: tuple[Any, ...]) -> AgentStatus:
-    return AgentStatus(
-        tenant_id=row[0],
-        agent_id=row[1],
-        namespaces=tuple(json.loads(row[2])),
-        environment=row[3],
-        applied_revision=int(row[4]),
-        state=row[5],
-        last_error=row[6],
-        reported_at=row[7],
-    )
 
 
 def _dumps(value: Any) -> str:
@@ -184,7 +54,7 @@ def _translate(exc: Exception, what: str) -> StorageError:
 
 
 _AUDIT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_AUDIT_INSERT = f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES {_AUDIT_VALUES}"
+_AUDIT_INSERT = f"INSERT INTO audit_log ({rowmap.AUDIT_COLS}) VALUES {_AUDIT_VALUES}"
 
 # The audit group commit writes a batch with as few statements as it can: sqlite3 lets the GIL go
 # around every statement, and each time the writer thread wants it back it may have to wait for
@@ -211,7 +81,7 @@ _AUDIT_ROWS_MAX = 1024 if sqlite3.sqlite_version_info >= (3, 32, 0) else 64
 @functools.lru_cache(maxsize=64)
 def _audit_insert(rows: int) -> str:
     """The INSERT of ``rows`` audit rows (the same str object each time: sqlite3 caches its statement)."""
-    return f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES " + ", ".join([_AUDIT_VALUES] * rows)
+    return f"INSERT INTO audit_log ({rowmap.AUDIT_COLS}) VALUES " + ", ".join([_AUDIT_VALUES] * rows)
 
 
 def _json_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
@@ -408,15 +278,15 @@ class SQLiteWriteTx:
 
     async def latest_version(self, ref: ConfigRef) -> ConfigVersion | None:
         row = await self._one(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
             "AND key = ? AND environment = ? ORDER BY version DESC LIMIT 1",
             (self.chain, ref.namespace, ref.key, ref.environment.value),
         )
-        return _version(row) if row else None
+        return rowmap.version_of(row) if row else None
 
     async def insert_version(self, v: ConfigVersion) -> None:
         await self._exec(
-            f"INSERT INTO config_versions (tenant_id, {_VERSION_COLS}) "
+            f"INSERT INTO config_versions (tenant_id, {rowmap.VERSION_COLS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.chain,
@@ -451,7 +321,7 @@ class SQLiteWriteTx:
         if await self._one("SELECT 1 FROM tenants WHERE name = ?", (tenant.name,)):
             raise AlreadyExists(f"a tenant named {tenant.name!r} already exists")
         await self._exec(
-            f"INSERT INTO tenants ({_TENANT_COLS}) VALUES (?, ?, ?, ?, ?)",
+            f"INSERT INTO tenants ({rowmap.TENANT_COLS}) VALUES (?, ?, ?, ?, ?)",
             (tenant.id, tenant.name, tenant.status, tenant.created_at, _dumps(tenant.settings)),
         )
         await self._exec(
@@ -465,7 +335,7 @@ class SQLiteWriteTx:
 
     async def insert_token(self, token: TokenRecord) -> None:
         await self._exec(
-            f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO tokens ({rowmap.TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.id,
                 token.tenant_id,
@@ -546,15 +416,16 @@ class SQLiteWriteTx:
 
     async def latest_secret(self, tenant_id: str, namespace: str, key: str) -> SecretVersion | None:
         row = await self._one(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND namespace = ? AND key = ? "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND "
+            "namespace = ? AND key = ? "
             "ORDER BY version DESC LIMIT 1",
             (tenant_id, namespace, key),
         )
-        return _secret(row) if row else None
+        return rowmap.secret_of(row) if row else None
 
     async def insert_secret(self, tenant_id: str, s: SecretVersion) -> None:
         await self._exec(
-            f"INSERT INTO secret_versions (tenant_id, {_SECRET_COLS}) "
+            f"INSERT INTO secret_versions (tenant_id, {rowmap.SECRET_COLS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 tenant_id,
@@ -606,7 +477,8 @@ class SQLiteWriteTx:
 
     async def insert_secret_event(self, tenant_id: str, event: SecretEvent) -> None:
         await self._exec(
-            f"INSERT INTO secret_events (tenant_id, {_SECRET_EVENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO secret_events (tenant_id, {rowmap.SECRET_EVENT_COLS}) VALUES (?, ?, "
+            "?, ?, ?, ?, ?, ?)",
             (
                 tenant_id,
                 event.revision,
@@ -633,7 +505,7 @@ class SQLiteWriteTx:
 
     async def put_agent_status(self, status: AgentStatus) -> None:
         await self._exec(
-            f"INSERT INTO agent_status ({_AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO agent_status ({rowmap.AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(tenant_id, agent_id) DO UPDATE SET namespaces = excluded.namespaces, "
             "environment = excluded.environment, applied_revision = excluded.applied_revision, "
             "state = excluded.state, last_error = excluded.last_error, reported_at = excluded.reported_at",
@@ -909,37 +781,39 @@ class SQLiteStorage:
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ?", (tenant_id,))
-        return _tenant(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TENANT_COLS} FROM tenants WHERE id = ?", (tenant_id,))
+        return rowmap.tenant_of(row) if row else None
 
     async def get_tenant_by_name(self, name: str) -> Tenant | None:
-        row = await self._first(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?", (name,))
-        return _tenant(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TENANT_COLS} FROM tenants WHERE name = ?", (name,))
+        return rowmap.tenant_of(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
-        return [_tenant(r) for r in await self._all(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY name")]
+        found = await self._all(f"SELECT {rowmap.TENANT_COLS} FROM tenants ORDER BY name")
+        return [rowmap.tenant_of(r) for r in found]
 
     async def get_token_by_hash(self, token_hash: str) -> TokenRecord | None:
-        row = await self._first(f"SELECT {_TOKEN_COLS} FROM tokens WHERE token_hash = ?", (token_hash,))
-        return _token(row) if row else None
+        row = await self._first(f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return rowmap.token_of(row) if row else None
 
     async def get_token(self, tenant_id: str, token_id: str) -> TokenRecord | None:
         row = await self._first(
-            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = ? AND id = ?", (tenant_id, token_id)
+            f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE tenant_id = ? AND id = ?", (tenant_id, token_id)
         )
-        return _token(row) if row else None
+        return rowmap.token_of(row) if row else None
 
     async def list_tokens(self, tenant_id: str) -> list[TokenRecord]:
         rows = await self._all(
-            f"SELECT {_TOKEN_COLS} FROM tokens WHERE tenant_id = ? ORDER BY created_at, id", (tenant_id,)
+            f"SELECT {rowmap.TOKEN_COLS} FROM tokens WHERE tenant_id = ? ORDER BY created_at, "
+            "id", (tenant_id,)
         )
-        return [_token(r) for r in rows]
+        return [rowmap.token_of(r) for r in rows]
 
     async def get_version(
         self, tenant_id: str, ref: ConfigRef, version: int | None = None
     ) -> ConfigVersion | None:
         sql = (
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
             "AND key = ? AND environment = ?"
         )
         params: tuple[Any, ...] = (tenant_id, ref.namespace, ref.key, ref.environment.value)
@@ -949,27 +823,27 @@ class SQLiteStorage:
             sql += " AND version = ?"
             params += (version,)
         row = await self._first(sql, params)
-        return _version(row) if row else None
+        return rowmap.version_of(row) if row else None
 
     async def latest_in_envs(
         self, tenant_id: str, namespace: str, key: str, environments: tuple[Environment, ...]
     ) -> dict[Environment, ConfigVersion]:
         marks = ",".join("?" for _ in environments)
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND namespace = ? "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND namespace = ? "
             f"AND key = ? AND environment IN ({marks}) AND version = (SELECT MAX(version) FROM "
             "config_versions w WHERE w.tenant_id = v.tenant_id AND w.namespace = v.namespace "
             "AND w.key = v.key AND w.environment = v.environment)",
             (tenant_id, namespace, key, *(e.value for e in environments)),
         )
-        found = [_version(r) for r in rows]
+        found = [rowmap.version_of(r) for r in rows]
         return {v.environment: v for v in found}
 
     async def history(
         self, tenant_id: str, ref: ConfigRef, *, limit: int = 100, before_version: int | None = None
     ) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND namespace = ? "
             "AND key = ? AND environment = ? AND version < ? ORDER BY version DESC LIMIT ?",
             (
                 tenant_id,
@@ -980,13 +854,13 @@ class SQLiteStorage:
                 limit,
             ),
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def list_latest(
         self, tenant_id: str, environments: tuple[Environment, ...] | None = None
     ) -> list[ConfigVersion]:
         sql = (
-            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND version = "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND version = "
             "(SELECT MAX(version) FROM config_versions w WHERE w.tenant_id = v.tenant_id AND "
             "w.namespace = v.namespace AND w.key = v.key AND w.environment = v.environment)"
         )
@@ -995,17 +869,17 @@ class SQLiteStorage:
             sql += f" AND environment IN ({','.join('?' for _ in environments)})"
             params += tuple(e.value for e in environments)
         sql += " ORDER BY namespace, key, environment"
-        return [_version(r) for r in await self._all(sql, params)]
+        return [rowmap.version_of(r) for r in await self._all(sql, params)]
 
     async def latest_as_of(self, tenant_id: str, revision: int) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND revision <= ? AND "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions v WHERE tenant_id = ? AND revision <= ? AND "
             "version = (SELECT MAX(version) FROM config_versions w WHERE w.tenant_id = v.tenant_id AND "
             "w.namespace = v.namespace AND w.key = v.key AND w.environment = v.environment AND "
             "w.revision <= ?) ORDER BY namespace, key, environment",
             (tenant_id, revision, revision),
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def compacted_revision(self, tenant_id: str) -> int:
         row = await self._first("SELECT compacted_revision FROM chains WHERE id = ?", (tenant_id,))
@@ -1013,11 +887,11 @@ class SQLiteStorage:
 
     async def changes_since(self, tenant_id: str, revision: int, *, limit: int = 1000) -> list[ConfigVersion]:
         rows = await self._all(
-            f"SELECT {_VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND revision > ? "
+            f"SELECT {rowmap.VERSION_COLS} FROM config_versions WHERE tenant_id = ? AND revision > ? "
             "ORDER BY revision LIMIT ?",
             (tenant_id, revision, limit),
         )
-        return [_version(r) for r in rows]
+        return [rowmap.version_of(r) for r in rows]
 
     async def list_schemas(self, tenant_id: str) -> list[SchemaRecord]:
         rows = await self._all(
@@ -1042,9 +916,10 @@ class SQLiteStorage:
 
     async def list_agent_status(self, tenant_id: str) -> list[AgentStatus]:
         rows = await self._all(
-            f"SELECT {_AGENT_COLS} FROM agent_status WHERE tenant_id = ? ORDER BY agent_id", (tenant_id,)
+            f"SELECT {rowmap.AGENT_COLS} FROM agent_status WHERE tenant_id = ? ORDER BY "
+            "agent_id", (tenant_id,)
         )
-        return [_agent(r) for r in rows]
+        return [rowmap.agent_of(r) for r in rows]
 
     async def keks(self, tenant_id: str) -> list[KekRecord]:
         rows = await self._all(
@@ -1056,30 +931,31 @@ class SQLiteStorage:
 
     async def secret_versions(self, tenant_id: str, namespace: str, key: str) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND namespace = ? AND key = ? "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND "
+            "namespace = ? AND key = ? "
             "ORDER BY version DESC",
             (tenant_id, namespace, key),
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def list_secrets(self, tenant_id: str) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions v WHERE tenant_id = ? AND version = (SELECT "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions v WHERE tenant_id = ? AND version = (SELECT "
             "MAX(version) FROM secret_versions w WHERE w.tenant_id = v.tenant_id AND w.namespace = "
             "v.namespace AND w.key = v.key) ORDER BY namespace, key",
             (tenant_id,),
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secrets_below_kek(
         self, tenant_id: str, kek_version: int, *, limit: int, after_revision: int = 0
     ) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND kek_version < ? "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND kek_version < ? "
             "AND revision > ? ORDER BY revision LIMIT ?",
             (tenant_id, kek_version, after_revision, limit),
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secret_kek_counts(self, tenant_id: str) -> dict[int, int]:
         rows = await self._all(
@@ -1095,25 +971,25 @@ class SQLiteStorage:
         self, tenant_id: str, revision: int, *, limit: int = 1000
     ) -> list[SecretVersion]:
         rows = await self._all(
-            f"SELECT {_SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND revision > ? "
+            f"SELECT {rowmap.SECRET_COLS} FROM secret_versions WHERE tenant_id = ? AND revision > ? "
             "ORDER BY revision LIMIT ?",
             (tenant_id, revision, limit),
         )
-        return [_secret(r) for r in rows]
+        return [rowmap.secret_of(r) for r in rows]
 
     async def secret_events_since(
         self, tenant_id: str, revision: int, *, limit: int = 1000
     ) -> list[SecretEvent]:
         rows = await self._all(
-            f"SELECT {_SECRET_EVENT_COLS} FROM secret_events WHERE tenant_id = ? AND revision > ? "
+            f"SELECT {rowmap.SECRET_EVENT_COLS} FROM secret_events WHERE tenant_id = ? AND revision > ? "
             "ORDER BY revision LIMIT ?",
             (tenant_id, revision, limit),
         )
-        return [_secret_event(r) for r in rows]
+        return [rowmap.secret_event_of(r) for r in rows]
 
     async def audit_records(self, chain: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         rows = await self._all(
-            f"SELECT {_AUDIT_COLS} FROM audit_log WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {rowmap.AUDIT_COLS} FROM audit_log WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
             (chain, after_seq, limit),
         )
-        return [_audit(r) for r in rows]
+        return [rowmap.audit_of(r) for r in rows]
