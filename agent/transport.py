@@ -31,7 +31,7 @@ from shared.errors import InvalidInput, LLMConfigError, ProtocolError, Unavailab
 from shared.sdk import ConfigClient
 from shared.sdk.events import EVENT_TYPES, WatchEvent, event_from_dict
 from shared.sdk.sse import SSEEvent, SSEParser
-from shared.sdk.transport import HTTP_SCHEMES, Items, Transport, WatchRequest
+from shared.sdk.transport import HTTP_SCHEMES, Items, Transport, WatchRequest, idle_timeout, watch_query
 
 ERROR_BODY_MAX = 64 * 1024  # an error answer to the watch request is read up to this size
 JSON_TYPES = ("application/json", "application/problem+json")
@@ -45,24 +45,6 @@ class AgentClient(ConfigClient):
         if self._transport is None and not self.closed and self.scheme in HTTP_SCHEMES:
             self._transport = RestTransport(self.endpoint, self._token, timeout=self._timeout)
         return await super()._ready()
-
-
-def idle_timeout(progress_interval: float) -> float | None:
-    """How long a watch may hear nothing before it counts as dead: three missed progress marks."""
-    if progress_interval <= 0:
-        return None
-    return max(3 * progress_interval, progress_interval + 2.0)
-
-
-def watch_query(request: WatchRequest) -> list[tuple[str, str]]:
-    query = [("env", request.environment)]
-    query += [("prefix", prefix) for prefix in request.prefixes]
-    if request.key is not None:
-        query.append(("key", request.key))
-    if request.since is not None:
-        query.append(("since", str(request.since)))
-    query.append(("progress", f"{round(request.progress_interval * 1000)}ms"))
-    return query
 
 
 def _config_path(namespace: str, key: str, suffix: str = "") -> str:

@@ -41,8 +41,7 @@ from shared.errors import (
 from shared.proto.llmconfig.v1 import config_pb2 as pb
 from shared.proto.llmconfig.v1 import config_pb2_grpc as pb_grpc
 from shared.sdk.events import EVENT_TYPES, WatchEvent, event_from_dict
-from shared.sdk.rest import idle_timeout
-from shared.sdk.transport import Items, WatchRequest
+from shared.sdk.transport import Items, WatchRequest, idle_timeout
 
 DEFAULT_PORT = 50051
 PROBLEM_METADATA = "llmcm-problem"

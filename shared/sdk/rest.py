@@ -17,25 +17,7 @@ from shared.client import RestClient
 from shared.errors import ProtocolError, Unavailable
 from shared.sdk.events import EVENT_TYPES, WatchEvent, event_from_dict
 from shared.sdk.sse import SSEEvent, SSEParser
-from shared.sdk.transport import Items, WatchRequest
-
-
-def idle_timeout(progress_interval: float) -> float | None:
-    """How long a watch may hear nothing before it counts as dead: three missed progress marks."""
-    if progress_interval <= 0:
-        return None
-    return max(3 * progress_interval, progress_interval + 2.0)
-
-
-def watch_query(request: WatchRequest) -> list[tuple[str, str]]:
-    query = [("env", request.environment)]
-    query += [("prefix", prefix) for prefix in request.prefixes]
-    if request.key is not None:
-        query.append(("key", request.key))
-    if request.since is not None:
-        query.append(("since", str(request.since)))
-    query.append(("progress", f"{round(request.progress_interval * 1000)}ms"))
-    return query
+from shared.sdk.transport import Items, WatchRequest, idle_timeout, watch_query
 
 
 class RestTransport:

@@ -114,3 +114,22 @@ def open_transport(endpoint: str, token: str, *, timeout: float) -> Transport:
     from shared.sdk.grpc import GrpcTransport
 
     return GrpcTransport(endpoint, token, timeout=timeout)
+
+
+def idle_timeout(progress_interval: float) -> float | None:
+    """How long a watch may hear nothing before it counts as dead: three missed progress marks."""
+    if progress_interval <= 0:
+        return None
+    return max(3 * progress_interval, progress_interval + 2.0)
+
+
+def watch_query(request: WatchRequest) -> list[tuple[str, str]]:
+    """The query string of an SSE watch request."""
+    query = [("env", request.environment)]
+    query += [("prefix", prefix) for prefix in request.prefixes]
+    if request.key is not None:
+        query.append(("key", request.key))
+    if request.since is not None:
+        query.append(("since", str(request.since)))
+    query.append(("progress", f"{round(request.progress_interval * 1000)}ms"))
+    return query
