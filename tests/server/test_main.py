@@ -173,3 +173,45 @@ class TestMasterKey:
         assert "master key file" in out.stderr
         assert "Traceback" not in out.stderr
         assert not (fresh_server.data_dir / "master.key").exists()
+
+
+class TestGrpcEngine:
+    """The server picks gRPC's I/O engine before grpc is imported; an operator's choice wins."""
+
+    PROBE = """
+import asyncio, os, server, grpc
+async def main():
+    listener = grpc.aio.server()  # the core reads its settings here
+    listener.add_insecure_port("127.0.0.1:0")
+    await listener.start()
+    await listener.stop(None)
+asyncio.run(main())
+print(os.environ.get("GRPC_EXPERIMENTS"))
+"""
+
+    def _probe(self, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        import os
+        import sys
+
+        clean = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+        return subprocess.run(
+            [sys.executable, "-c", self.PROBE],
+            cwd=REPO,
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_default_is_set_and_known_to_grpc(self) -> None:
+        from server import GRPC_EXPERIMENTS
+
+        out = self._probe({})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == GRPC_EXPERIMENTS
+        assert "Unknown experiment" not in out.stderr  # grpc knows every name we set
+
+    def test_operator_setting_wins(self) -> None:
+        out = self._probe({"GRPC_EXPERIMENTS": "event_engine_listener"})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "event_engine_listener"
