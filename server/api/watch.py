@@ -16,7 +16,7 @@ from aiohttp import web
 from server.api.fanout import Encodings, StallGuard, tune_collector
 from server.api.http import ctx_of, query_int, services_of
 from server.service.changes import parse_wait
-from server.service.watch import DEFAULT_PROGRESS_SECONDS, WatchEvent
+from server.service.watch import DEFAULT_PROGRESS_SECONDS, Subscription, WatchEvent
 from shared.errors import InvalidInput
 from shared.models import parse_environment
 
@@ -32,6 +32,38 @@ def frame(event: WatchEvent) -> bytes:
 
 
 _frames = Encodings(frame)
+
+
+def chunk(event: WatchEvent) -> bytes:
+    data = frame(event)
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# the same frame as one HTTP/1.1 chunk, for writes straight to the socket's transport
+_chunks = Encodings(chunk)
+PUSH_BUFFER_LIMIT = 64 * 1024  # past this many unsent bytes a stream stops taking pushes
+
+
+def _push_to_socket(request: web.Request, response: web.StreamResponse, subscription: Subscription) -> None:
+    """Let the watch service write events straight to the socket while this stream waits.
+
+    A change then costs each idle watcher one buffered socket write, made by the view as it
+    goes through its watchers, instead of waking the watcher's task to write it. Only for a
+    chunked HTTP/1.1 response (the event goes out framed as one chunk, exactly what
+    ``response.write`` would send); a peer that doesn't read fills the buffer, pushes stop and
+    the task's own awaited writes (with the stall guard) take over.
+    """
+    transport = request.transport
+    if transport is None or response.headers.get("Transfer-Encoding", "").lower() != "chunked":
+        return
+
+    def ready() -> bool:
+        return not transport.is_closing() and transport.get_write_buffer_size() <= PUSH_BUFFER_LIMIT
+
+    def send(event: WatchEvent) -> None:
+        transport.write(_chunks.get(event))
+
+    subscription.deliver_with(ready, send)
 
 
 def _since(request: web.Request) -> int | None:
@@ -67,7 +99,8 @@ async def watch(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(b"retry: 1000\n\n")
+    await response.write(b"retry: 1000\n\n")  # also sends the headers: pushes come after them
+    _push_to_socket(request, response, subscription)
     stream = request.app[STALLS].open()
     try:
         async with subscription:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
@@ -150,6 +150,9 @@ class _EnvView:
     revisions: list[int] = field(default_factory=list)
     # the futures of the watchers waiting for the next change (a dict: O(1) removal, wake order kept)
     waiters: dict[asyncio.Future[bool], None] = field(default_factory=dict)
+    # waiting watchers whose transport takes events synchronously: changes are pushed to them
+    # without waking their task (each keeps its future for when a push can't be made)
+    pushers: dict[Subscription, asyncio.Future[bool]] = field(default_factory=dict)
     _progress: WatchEvent | None = None  # the newest progress mark, shared by idle watchers
 
     def append(self, event: WatchEvent) -> None:
@@ -178,6 +181,27 @@ class _EnvView:
         waiters, self.waiters = self.waiters, {}
         if waiters:
             self._wake_some(list(waiters), 0, asyncio.get_running_loop())
+        if self.pushers:
+            self._push_some(list(self.pushers), 0, asyncio.get_running_loop())
+
+    def _push_some(self, subs: list[Subscription], start: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Push what is new to ``WAKE_BATCH`` push watchers, and to the rest on later turns.
+
+        A watcher whose push can't be made (its transport's buffer is full, the log was trimmed
+        past it, the stream is ending) leaves the push set and its task is woken to go on.
+        """
+        end = start + WAKE_BATCH
+        now = loop.time()
+        pushers = self.pushers
+        for sub in subs[start:end]:
+            waiter = pushers.get(sub)
+            if waiter is None or waiter.done():
+                continue
+            if not sub.push(now):
+                del pushers[sub]
+                waiter.set_result(True)
+        if end < len(subs):
+            loop.call_soon(self._push_some, subs, end, loop)
 
     def _wake_some(
         self, waiters: list[asyncio.Future[bool]], start: int, loop: asyncio.AbstractEventLoop
@@ -613,6 +637,47 @@ class Subscription:
         self._waiter: asyncio.Future[bool] | None = None
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # while the stream waits: the revision it has everything up to (pushes move it on)
+        self.cursor = 0
+        self._ready: Callable[[], bool] | None = None
+        self._send: Callable[[WatchEvent], None] | None = None
+
+    def deliver_with(self, ready: Callable[[], bool], send: Callable[[WatchEvent], None]) -> None:
+        """Let changes be pushed through ``send`` while the stream waits, without waking its task.
+
+        For transports that can take bytes synchronously (a socket's buffer): on each change
+        the view calls ``ready()`` and, if it says yes, ``send(event)`` for every new event the
+        watcher may see, in order, and the stream goes on waiting. When ``ready()`` says no
+        (say, the peer stopped reading and the buffer is full) the task is woken instead and
+        the events come out of the iterator, where the caller's own (awaited) writes apply
+        back-pressure. ``send`` must not fail for a ready transport; the iterator yields only
+        what was not sent.
+        """
+        self._ready, self._send = ready, send
+
+    def push(self, now: float) -> bool:
+        """Send the events after ``cursor`` through the push sink; False: wake the task instead."""
+        view = self.view
+        send = self._send
+        if (
+            send is None
+            or self.service._closed.is_set()
+            or self.state.retired
+            or self.cursor < view.start
+            or not self._ready()  # type: ignore[misc]
+        ):
+            return False
+        events = view.after(self.cursor)
+        if not events:
+            return True
+        visible = self.visible
+        for event in events:
+            if visible(event):
+                send(event)
+        self.cursor = events[-1].revision
+        if self.progress_interval:
+            self._due = now + self.progress_interval  # events flowed: the next mark is due later
+        return True
 
     async def __aenter__(self) -> Subscription:
         self.service.watchers += 1
@@ -652,7 +717,10 @@ class Subscription:
     def _waiter_for_change(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
         """A future the view's next change sets to True, or the progress timer to False."""
         waiter: asyncio.Future[bool] = loop.create_future()
-        self.view.waiters[waiter] = None
+        if self._send is not None:
+            self.view.pushers[self] = waiter
+        else:
+            self.view.waiters[waiter] = None
         if self.progress_interval:
             self._due = loop.time() + self.progress_interval
             if self._timer is None:
@@ -663,6 +731,7 @@ class Subscription:
     def _done_waiting(self, waiter: asyncio.Future[bool]) -> None:
         self._waiter = None
         self.view.waiters.pop(waiter, None)  # gone already if a change took it
+        self.view.pushers.pop(self, None)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -716,11 +785,13 @@ class Subscription:
                     yield view.progress(cursor)
                     continue
                 cursor = max(cursor, head)  # nothing the watcher can see happened up to head
+                self.cursor = cursor
                 waiter = self._waiter_for_change(loop)
                 try:
                     changed = await waiter
                 finally:
                     self._done_waiting(waiter)
+                cursor = self.cursor  # pushed while waiting: those events were delivered
                 if not changed and not view.after(cursor):
                     cursor = max(cursor, state.revision)
                     yield view.progress(cursor)

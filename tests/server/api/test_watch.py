@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,3 +339,95 @@ def test_long_poll_of_resolved_events(server: ServerProcess, tenant: dict[str, s
     timer.join()
     assert [c["value"] for c in body["changes"]] == [{"n": 2, "m": 5}]
     assert "env" in problem(http.get("/v1/changes?resolve=true"), 400)["detail"]
+
+
+class ChunkedSse:
+    """A chunked SSE response read off a raw socket, chunk by chunk, only when asked to."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.text = ""
+        self.kinds: list[str] = []
+        self.puts: list[int] = []
+
+    async def read_until(self, done: Callable[[], bool]) -> None:
+        for _ in range(100_000):
+            if done():
+                return
+            size = int((await self.reader.readline()).strip(), 16)
+            self.text += (await self.reader.readexactly(size + 2))[:-2].decode()
+            *blocks, self.text = self.text.split("\n\n")
+            for block in blocks:
+                lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+                self.kinds.append(lines.get("event", ""))
+                if lines.get("event") == "put":
+                    self.puts.append(json.loads(lines["data"])["revision"])
+
+
+async def test_sse_watcher_that_stops_reading_gets_every_event_once_and_in_order(
+    server: ServerProcess, tenant: dict[str, str]
+) -> None:
+    """A reader that stops reading fills its socket: events stop being pushed to it and its own
+    (awaited) writes take over; when it reads again it gets every event once, in order, and a
+    watcher beside it is never held up by it."""
+    import socket
+
+    base = f"http://127.0.0.1:{server.port}"
+    token = tenant["token"]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few events
+    sock.connect(("127.0.0.1", server.port))
+    reader, writer_ = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    request = (
+        f"GET /v1/watch?env=production&prefix=stall&progress=0s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    writer_.write(request.encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b"200" in head.split(b"\r\n", 1)[0] and b"chunked" in head.lower()
+    stalled = ChunkedSse(reader)
+    await asyncio.wait_for(stalled.read_until(lambda: "progress" in stalled.kinds), 10)  # caught up
+
+    # 40 events of ~200 KB: more than the kernel's send buffer (at most 4 MB) and this socket's
+    # small receive buffer hold, so the server's own buffer passes its push limit long before the end
+    total = 40
+    payload = "x" * 200_000
+    acked: list[int] = []
+    beside: list[int] = []
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        other = asyncio.create_task(
+            _collect_sse(session, f"{base}/v1/watch?env=production&prefix=stall", token, total, beside)
+        )
+        await asyncio.sleep(0.5)
+        headers = {"Authorization": f"Bearer {token}"}
+        for i in range(total):
+            body = {"value": {"i": i, "pad": payload}}
+            url = f"{base}/v1/configs/stall/k?env=global"
+            async with session.put(url, json=body, headers=headers) as reply:
+                assert reply.status in (200, 201), await reply.text()
+                acked.append((await reply.json())["revision"])
+        async with asyncio.timeout(30):
+            await other  # the other watcher has everything while this one still isn't reading
+        assert beside == acked
+        await asyncio.wait_for(stalled.read_until(lambda: len(stalled.puts) >= total), 30)
+    writer_.close()
+    assert stalled.puts == acked
+
+
+async def _collect_sse(
+    session: aiohttp.ClientSession, url: str, token: str, want: int, seen: list[int]
+) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    async with session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        text = ""
+        async for chunk in resp.content.iter_any():
+            text += chunk.decode()
+            *blocks, text = text.split("\n\n")
+            for block in blocks:
+                lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+                if lines.get("event") == "put":
+                    seen.append(json.loads(lines["data"])["revision"])
+            if len(seen) >= want:
+                return
