@@ -9,19 +9,36 @@ receipt of the change's revision; and, per write, the time until every watcher h
 same is measured against etcd (Debian's ``etcd-server``) in the same run, on the same
 machine, with the same client code shape, as the peer: etcd's watch over its gRPC API
 (``etcdserverpb.Watch/Watch``, writes through ``etcdserverpb.KV/Put``), with stubs compiled
-at run time from ``bench/etcd_proto/etcd_watch_subset.proto``.
+at run time from ``bench/etcd_proto/etcd_watch_subset.proto``. Every gRPC watcher, ours and
+etcd's, opens its channel with the options the project's SDK uses (``shared.sdk.grpc``: no
+HTTP/2 bandwidth-delay probing, which costs a server a PING round trip per burst of events).
+
+The ``grpc-floor`` row ("grpc.aio floor") is a reference, not a product: a bare ``grpc.aio``
+server (this file's ``_floor`` mode) that does nothing but write pre-built bytes, watched by the
+same gRPC watcher clients. It imports the project's ``server`` package before ``grpc`` (so it
+runs with the gRPC engine settings our server sets there) and uses our server's options; its
+``Watch`` writes one progress event on open and then every event it is given; its ``Put``
+builds one ``WatchEvent`` per write, serializes it once, hands the same bytes to every stream
+(each writes them in its own handler task, as our server does) and answers at once. That is
+the lowest per-event cost any ``grpc.aio`` server can have on this machine: the difference
+between it and the gRPC row is our own code (storage, policy, the watch service, encoding);
+the difference between it and etcd is ``grpc.aio``'s (Python and its asyncio glue over the C
+core, against Go's gRPC). It has ratios against etcd but no target.
 
 How to run it, from the repository root:
 
     .venv/bin/python bench/propagation.py                       # N = 100, 1,000 and 5,000
     .venv/bin/python bench/propagation.py --quick               # N = 100 only: a smoke check
     .venv/bin/python bench/propagation.py --watchers 1000 --transports sse,etcd --writes 10
+    .venv/bin/python bench/propagation.py --watchers 1000 --transports grpc,grpc-floor
 
-What it does, for each N and each transport (etcd, SSE, gRPC), one cell at a time:
+What it does, for each N and each transport (etcd, SSE, gRPC, the grpc.aio floor), one cell at
+a time:
 
 1. Starts the target fresh on free loopback ports: ``llm-config-server serve --grpc-port G``
    on a data directory made once by ``init --json`` (SSE: ``GET /v1/watch``; gRPC:
-   ``llmconfig.v1.ConfigService/Watch``), or ``etcd`` with a new temporary data directory.
+   ``llmconfig.v1.ConfigService/Watch``), ``etcd`` with a new temporary data directory, or
+   the floor (``propagation.py _floor --port G``; writes through its raw-bytes ``Put``).
 2. Opens one probe watcher (its own process) and makes two warm-up writes, so structures that
    exist once per watched environment are built, then reads the target's RSS.
 3. Starts the client processes, which open N watchers between them (at most
@@ -36,8 +53,9 @@ What it does, for each N and each transport (etcd, SSE, gRPC), one cell at a tim
 
 It prints one row per cell (p50 and p99 over every (write, watcher) pair; the all-received
 time as the median and the p99 over the writes; server KB per watcher; watchers connected;
-receipts missing), the ratios against etcd at N = 1,000 and the targets. It exits 0 once the
-report is printed, whether or not the targets are met (it is a report, not a test), and 1 when
+the target's CPU per write, and per write per watcher; receipts missing), the ratios against
+etcd at N = 1,000 (the floor's without a verdict) and the targets. It exits 0 once the report
+is printed, whether or not the targets are met (it is a report, not a test), and 1 when
 something needed to run it failed. Every process it started is stopped (by its process group)
 and the temporary directory removed, on success, failure or Ctrl-C. Everything listens and
 connects on 127.0.0.1 only. When ``etcd`` is not on PATH its rows are skipped and said so.
@@ -48,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -100,13 +119,16 @@ CONFIG_PATH = f"/v1/configs/{NAMESPACE}/{KEY}"
 WATCH_QUERY = f"env={ENV}&prefix={NAMESPACE}&progress=0s"
 ETCD_PREFIX = b"/bench/propagation/"
 ETCD_KEY = ETCD_PREFIX + KEY.encode()
+GRPC_SERVICE = "llmconfig.v1.ConfigService"
 GRPC_WATCH_METHOD = "/llmconfig.v1.ConfigService/Watch"
+FLOOR_PUT_METHOD = f"/{GRPC_SERVICE}/Put"  # the floor's: raw bytes in (the value), revision out
 ETCD_WATCH_METHOD = "/etcdserverpb.Watch/Watch"
 ETCD_PUT_METHOD = "/etcdserverpb.KV/Put"
 ETCD_PROTO = _BENCH_DIR / "etcd_proto" / "etcd_watch_subset.proto"
 ETCD_PB2 = "etcd_watch_subset_pb2"
 
-TRANSPORTS = ("etcd", "sse", "grpc")
+TRANSPORTS = ("etcd", "sse", "grpc", "grpc-floor")
+GRPC_TRANSPORTS = ("grpc", "grpc-floor")  # watched with the gRPC watcher client
 DEFAULT_WATCHERS = (100, 1000, 5000)
 DEFAULT_WRITES = 20
 WARMUP_WRITES = 2
@@ -116,7 +138,8 @@ SETTLE_S = 2.0  # idle time before an RSS reading
 CONNECT_CONCURRENCY = 64  # watchers connecting at once, per client process
 CONNECT_ATTEMPTS = 6
 CONNECT_TIMEOUT_S = 30.0  # per attempt, until the stream says it is connected
-CLIENT_LIFETIME_S = 3600.0  # a client process exits by itself after this long, whatever happens
+CLIENT_LIFETIME_S = 3600.0  # a client or floor process exits by itself after this long, whatever happens
+FLOOR_STREAM_STEPS = 10_000_000  # a floor stream's loop bound: far above any run's writes
 STOP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 30.0
 NOFILE_WANTED = 65536
@@ -271,15 +294,24 @@ def load_llmconfig_pb2() -> ModuleType:
     raise BenchError("cannot import the llmconfig.v1 generated messages: " + "; ".join(errors))
 
 
+def watch_channel_options() -> tuple[tuple[str, Any], ...]:
+    """Channel options of every gRPC watcher, ours and etcd's alike: one connection each, and
+    the settings the project's SDK (and so its agent) opens channels with (no BDP probing)."""
+    from shared.sdk.grpc import CHANNEL_OPTIONS
+
+    return GRPC_CHANNEL_OPTIONS + CHANNEL_OPTIONS
+
+
 def make_grpc_watcher(target: str, token: str, channels: list[Any]) -> WatchOnce:
     import grpc
 
+    options = watch_channel_options()
     pb2 = load_llmconfig_pb2()
     request = pb2.WatchRequest(prefixes=[NAMESPACE], environment=ENV, progress_interval_seconds=0.0)
     metadata = (("authorization", f"Bearer {token}"),)
 
     async def watch_once(on_ready: OnReady, on_event: OnEvent) -> None:
-        channel = grpc.aio.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(target, options=options)
         channels.append(channel)
         try:
             method = channel.unary_stream(
@@ -334,8 +366,10 @@ def make_etcd_watcher(target: str, proto_dir: Path, channels: list[Any]) -> Watc
         create_request=pb2.WatchCreateRequest(key=ETCD_PREFIX, range_end=etcd_range_end(ETCD_PREFIX))
     )
 
+    options = watch_channel_options()
+
     async def watch_once(on_ready: OnReady, on_event: OnEvent) -> None:
-        channel = grpc.aio.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(target, options=options)
         channels.append(channel)
         try:
             method = channel.stream_stream(
@@ -428,7 +462,7 @@ async def client_run(args: argparse.Namespace) -> None:
         watch_once = make_sse_watcher(
             session, f"http://{HOST}:{args.port}/v1/watch?{WATCH_QUERY}", args.token
         )
-    elif args.transport == "grpc":
+    elif args.transport in GRPC_TRANSPORTS:  # the floor ignores the token
         watch_once = make_grpc_watcher(f"{HOST}:{args.port}", args.token, channels)
     else:
         watch_once = make_etcd_watcher(f"{HOST}:{args.port}", Path(args.proto_dir), channels)
@@ -478,6 +512,115 @@ def client_main(argv: Sequence[str]) -> int:
     raise_nofile_limit()
     asyncio.run(client_run(args))
     # the streams are cut by the exit; a tidy close of thousands of channels is not worth waiting for
+    sys.stdout.flush()
+    os._exit(0)
+
+
+# == the grpc.aio floor (this file, `_floor` mode) =================================================
+
+
+class FloorEvents:
+    """The floor's events in order, each serialized once; every stream writes the same bytes.
+
+    A write appends its bytes and wakes the streams waiting for one (each waits on the
+    ``asyncio.Event``'s own future, so a stream that goes away cancels nothing of the others).
+    The list only grows: a floor lives for one cell, tens of ~1 KB writes.
+    """
+
+    def __init__(self, pb2: ModuleType) -> None:
+        self.pb2 = pb2
+        self.revision = 0
+        self.events: list[bytes] = []
+        self.progress = pb2.WatchEvent(type="progress", revision=0).SerializeToString()
+        self.appended = asyncio.Event()
+
+    def put(self, value_json: bytes) -> int:
+        self.revision += 1
+        event = self.pb2.WatchEvent(
+            type="put",
+            revision=self.revision,
+            namespace=NAMESPACE,
+            key=KEY,
+            environment=ENV,
+            value_json=value_json.decode(),
+            sha256=hashlib.sha256(value_json).hexdigest(),
+            final=True,
+        )
+        self.events.append(event.SerializeToString())
+        self.progress = self.pb2.WatchEvent(type="progress", revision=self.revision).SerializeToString()
+        self.appended.set()  # resolves the waiters' futures; each stream's task runs later
+        self.appended.clear()
+        return self.revision
+
+    async def stream(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """One watch stream: progress at the current revision, then every later event."""
+        index = len(self.events)
+        await write(self.progress)
+        for _ in range(FLOOR_STREAM_STEPS):
+            if index < len(self.events):
+                index += 1
+                await write(self.events[index - 1])
+            else:
+                await self.appended.wait()
+
+
+async def floor_run(args: argparse.Namespace) -> None:
+    import grpc
+
+    from server.api.fanout import tune_collector
+    from server.api.grpc_server import server_options
+
+    events = FloorEvents(load_llmconfig_pb2())
+
+    async def watch(request: bytes, context: Any) -> None:
+        await events.stream(context.write)
+
+    async def put(request: bytes, context: Any) -> bytes:
+        return events.put(request).to_bytes(8, "big")
+
+    handlers = {
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch, request_deserializer=None, response_serializer=None
+        ),
+        "Put": grpc.unary_unary_rpc_method_handler(put, request_deserializer=None, response_serializer=None),
+    }
+    server = grpc.aio.server(options=server_options(1 << 20), maximum_concurrent_rpcs=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),))
+    server.add_registered_method_handlers(GRPC_SERVICE, handlers)
+    if not server.add_insecure_port(f"{HOST}:{args.port}"):
+        raise BenchError(f"the floor cannot listen on {HOST}:{args.port}")
+    await server.start()
+    tune_collector()  # as our server does once it is built
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    threading.Thread(target=watch_stdin, args=(loop, stop), daemon=True).start()
+    print(
+        f"grpc.aio floor on {HOST}:{args.port}: grpcio {grpc.__version__}, "
+        f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}",
+        flush=True,
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLIENT_LIFETIME_S):
+            await stop.wait()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await server.stop(None)
+
+
+def floor_main(argv: Sequence[str]) -> int:
+    # the project's server package first: it sets the GRPC_EXPERIMENTS default our server runs
+    # with, which the gRPC core reads once, when grpc is first imported
+    if "grpc" in sys.modules:
+        raise BenchError("grpc was imported before the server package: its engine settings would not apply")
+    import server  # noqa: F401
+
+    parser = argparse.ArgumentParser(prog="propagation.py _floor")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    raise_nofile_limit()
+    asyncio.run(floor_run(args))
     sys.stdout.flush()
     os._exit(0)
 
@@ -780,7 +923,25 @@ class Run:
         self.pids.add(child.popen.pid)
         return child
 
+    def _start_piped(self, name: str, argv: Sequence[str], log_name: str) -> Any:
+        """``_start``, with the child's stdin a pipe this run holds: it exits when that closes."""
+        log_path = self.work / log_name
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=rt.REPO_ROOT,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pids.add(popen.pid)
+        return rt.Child(name, popen, log_path)
+
     def _stop(self, child: Any) -> None:
+        if child.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.popen.stdin.close()
         rt.stop_child(child)
         self.pids.discard(child.popen.pid)
 
@@ -841,6 +1002,8 @@ class Run:
     async def target(self, transport: str, cell: str) -> Target:
         if transport == "etcd":
             return await self._etcd_target(cell)
+        if transport == "grpc-floor":
+            return await self._floor_target(cell)
         return await self._server_target(transport, cell)
 
     async def _server_target(self, transport: str, cell: str) -> Target:
@@ -894,6 +1057,32 @@ class Run:
             self._stop(child)
 
         return Target("etcd", child, port, write, close)
+
+    async def _floor_target(self, cell: str) -> Target:
+        import grpc
+
+        port = rt.free_port()
+        argv = [sys.executable, str(Path(__file__).resolve()), "_floor", "--port", str(port)]
+        child = self._start_piped("grpc.aio floor", argv, f"floor-{cell}.log")
+        await asyncio.to_thread(wait_tcp, child, port)
+        channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
+        put = channel.unary_unary(FLOOR_PUT_METHOD)
+
+        async def write(seq: int) -> Write:
+            value = json.dumps(write_value(seq), separators=(",", ":")).encode()
+            sent = time.monotonic()
+            try:
+                data = await put(value, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                raise BenchError(f"floor Put failed: {exc.code().name}: {exc.details()}") from None
+            ack = time.monotonic()
+            return Write(int.from_bytes(data, "big"), ack, sent)
+
+        async def close() -> None:
+            await channel.close(grace=None)
+            self._stop(child)
+
+        return Target("grpc-floor", child, port, write, close)
 
     # -- one cell ----------------------------------------------------------------------------
 
@@ -967,7 +1156,7 @@ class Run:
         if "sse" in transports or "grpc" in transports:
             self.data_dir.mkdir()
             _, self.token = await asyncio.to_thread(rt.init_server, self.data_dir)
-        if "grpc" in transports:
+        if any(t in GRPC_TRANSPORTS for t in transports):
             load_llmconfig_pb2()  # fail early and plainly when the generated messages are missing
 
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -983,6 +1172,11 @@ class Run:
             print(
                 f"etcd: {etcd_version(self.etcd)}; watched through its gRPC API ({ETCD_WATCH_METHOD}, writes "
                 f"{ETCD_PUT_METHOD}), stubs compiled at run time from bench/etcd_proto/, one channel each"
+            )
+        if "grpc-floor" in transports:
+            print(
+                "grpc.aio floor: a bare grpc.aio server writing pre-built bytes (this file's _floor mode), "
+                "our server's gRPC engine settings and options; a reference, not a target"
             )
         print(f"clock: time.monotonic() (CLOCK_MONOTONIC, shared by all processes)   somaxconn {somaxconn()}")
         print()
@@ -1104,31 +1298,39 @@ def summarize_cell(result: CellResult, writes: Sequence[Write], reports: Sequenc
 
 # -- report ------------------------------------------------------------------------------------------
 
-LABELS = {"sse": "SSE", "grpc": "gRPC", "etcd": "etcd"}
+LABELS = {"sse": "SSE", "grpc": "gRPC", "etcd": "etcd", "grpc-floor": "grpc.aio floor"}
+REFERENCES = ("grpc-floor",)  # rows shown with their ratios, but with no target
+LW = max(len(label) for label in LABELS.values())
 HEADER = (
-    f"{'transport':<9} | {'N':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'all-received ms':>15} | "
+    f"{'transport':<{LW}} | {'N':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'all-received ms':>15} | "
     f"{'(p99 of writes)':>15} | {'server KB/watcher':>17} | {'connected':>9} | {'PUT ms':>6} | "
-    f"{'CPU ms/write':>12} | missing"
+    f"{'CPU ms/write':>12} | {'CPU us/watcher':>14} | missing"
 )
-SENT_HEADER = f"{'transport':<9} | {'N':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'all-received ms':>15}"
+SENT_HEADER = f"{'transport':<{LW}} | {'N':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'all-received ms':>15}"
 
 
 def fmt(value: float, width: int, digits: int = 1) -> str:
     return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.{digits}f}"
 
 
+def cpu_us_per_watcher(c: CellResult) -> float:
+    """The target's CPU per write per connected watcher (one stream's share of a fan-out), in µs."""
+    return c.cpu_ms_per_write * 1000.0 / c.connected if c.connected else math.nan
+
+
 def format_row(c: CellResult) -> str:
     missing = f"{c.missing}" + (f" ({c.incomplete_writes} writes incomplete)" if c.incomplete_writes else "")
     return (
-        f"{LABELS[c.transport]:<9} | {c.n:>5} | {fmt(c.p50_ms, 7)} | {fmt(c.p99_ms, 7)} | "
+        f"{LABELS[c.transport]:<{LW}} | {c.n:>5} | {fmt(c.p50_ms, 7)} | {fmt(c.p99_ms, 7)} | "
         f"{fmt(c.all_median_ms, 15)} | {fmt(c.all_p99_ms, 15)} | {fmt(c.kb_per_watcher, 17)} | "
-        f"{c.connected:>9} | {fmt(c.put_ms, 6)} | {fmt(c.cpu_ms_per_write, 12)} | {missing}"
+        f"{c.connected:>9} | {fmt(c.put_ms, 6)} | {fmt(c.cpu_ms_per_write, 12)} | "
+        f"{fmt(cpu_us_per_watcher(c), 14)} | {missing}"
     )
 
 
 def format_sent_row(c: CellResult) -> str:
     return (
-        f"{LABELS[c.transport]:<9} | {c.n:>5} | {fmt(c.sent_p50_ms, 7)} | {fmt(c.sent_p99_ms, 7)} | "
+        f"{LABELS[c.transport]:<{LW}} | {c.n:>5} | {fmt(c.sent_p50_ms, 7)} | {fmt(c.sent_p99_ms, 7)} | "
         f"{fmt(c.sent_all_median_ms, 15)}"
     )
 
@@ -1193,9 +1395,11 @@ def ratio(ours: float, peer: float) -> float:
 
 def print_ratios(rows: Sequence[CellResult], sent: bool) -> None:
     etcd = find(rows, "etcd", TARGET_RATIO_N)
-    for transport in ("sse", "grpc"):
+    for transport in ("sse", "grpc", "grpc-floor"):
         ours = find(rows, transport, TARGET_RATIO_N)
         label = LABELS[transport]
+        if ours is None and transport in REFERENCES:
+            continue  # a reference row not measured: nothing to say
         if ours is None:
             print(f"  {label}: not measured")
             continue
@@ -1211,6 +1415,9 @@ def print_ratios(rows: Sequence[CellResult], sent: bool) -> None:
         p50 = ratio(ours.p50_ms, etcd.p50_ms)
         p99 = ratio(ours.p99_ms, etcd.p99_ms)
         allr = ratio(ours.all_median_ms, etcd.all_median_ms)
+        if transport in REFERENCES:
+            print(f"  {label}: p50 {p50:.2f}x   p99 {p99:.2f}x   all-received {allr:.2f}x   (reference)")
+            continue
         ok = p99 <= TARGET_RATIO and allr <= TARGET_RATIO and ours.incomplete_writes == 0
         print(f"  {label}: p50 {p50:.2f}x   p99 {p99:.2f}x   all-received {allr:.2f}x   {verdict(ok)}")
 
@@ -1223,7 +1430,8 @@ def print_report(results: Sequence[CellResult], writes: int, rounds: int) -> Non
         f"from the write's ack (PUT response received) to each watcher's receipt: p50/p99 over every "
         f"(write, watcher) pair;\nall-received: median over {writes} writes (and their p99); server "
         f"KB/watcher: (RSS idle with N watchers - RSS before) / N;\nPUT ms: the writer's round trip, median; "
-        f"CPU ms/write: the target's CPU time over the measured writes / writes{how}"
+        f"CPU ms/write: the target's CPU time over the measured writes / writes; CPU us/watcher: "
+        f"that / watchers connected{how}"
     )
     print(HEADER)
     print("-" * len(HEADER))
@@ -1305,7 +1513,10 @@ def transport_list(text: str) -> list[str]:
 
 def bench_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        description="Write-to-watcher propagation for N watchers: SSE and gRPC of this server, and etcd."
+        description=(
+            "Write-to-watcher propagation for N watchers: SSE and gRPC of this server, etcd, "
+            "and a bare grpc.aio server (the floor)."
+        )
     )
     parser.add_argument(
         "--watchers",
@@ -1327,7 +1538,7 @@ def bench_main(argv: Sequence[str]) -> int:
         "--transports",
         type=transport_list,
         default=list(TRANSPORTS),
-        help="comma list of etcd,sse,grpc (all)",
+        help="comma list of etcd,sse,grpc,grpc-floor (all)",
     )
     parser.add_argument(
         "--clients", type=positive_int, default=0, help="client processes (2 for N <= 100, else 4)"
@@ -1360,6 +1571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["_client"]:
         return client_main(args[1:])
+    if args[:1] == ["_floor"]:
+        return floor_main(args[1:])
     return bench_main(args)
 
 
