@@ -197,7 +197,12 @@ class _EnvView:
             waiter = pushers.get(sub)
             if waiter is None or waiter.done():
                 continue
-            if not sub.push(now):
+            try:
+                pushed = sub.push(now)
+            except Exception as exc:  # one broken stream must not stop the others' fan-out
+                log.warning("watch_push_failed", error=type(exc).__name__)
+                pushed = False
+            if not pushed:
                 del pushers[sub]
                 waiter.set_result(True)
         if end < len(subs):
@@ -657,24 +662,25 @@ class Subscription:
 
     def push(self, now: float) -> bool:
         """Send the events after ``cursor`` through the push sink; False: wake the task instead."""
-        view = self.view
-        send = self._send
+        view, ready, send = self.view, self._ready, self._send
         if (
-            send is None
+            ready is None
+            or send is None
             or self.service._closed.is_set()
             or self.state.retired
             or self.cursor < view.start
-            or not self._ready()  # type: ignore[misc]
+            or not ready()
         ):
             return False
         events = view.after(self.cursor)
         if not events:
             return True
         visible = self.visible
-        for event in events:
+        for event in events:  # a send that raises leaves the cursor after the last whole revision
             if visible(event):
                 send(event)
-        self.cursor = events[-1].revision
+            if event.final:  # all of its revision is out: the iterator would go on after it
+                self.cursor = event.revision
         if self.progress_interval:
             self._due = now + self.progress_interval  # events flowed: the next mark is due later
         return True

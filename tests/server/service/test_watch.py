@@ -253,3 +253,59 @@ async def test_a_chain_change_ends_streams_and_a_resume_resolves_with_the_new_ch
     marker = await put(services, ctx, "app", "a", G, {"v": 3})
     # staging is no longer in production's chain: the global change shows through
     assert summary(await take(resumed, 1)) == [("put", marker, "app", "a", {"v": 3})]
+
+
+async def test_push_sink_delivers_once_and_hands_over_when_it_refuses_or_fails(
+    world: tuple[Services, Ctx, Path],
+) -> None:
+    """Events pushed to a waiting watcher's sink are not yielded again; when a sink says it
+    is not ready, or raises, that watcher's iterator takes over from where pushes stopped,
+    and the other watchers' pushes go on."""
+    services, ctx, _ = world
+    await put(services, ctx, "p", "k", G, {"n": 0})
+    good, refusing, failing = [
+        await services.watch.open(ctx, environment=P, prefixes=["p"], progress_interval=0) for _ in range(3)
+    ]
+    pushed: dict[str, list[int]] = {"good": [], "refusing": [], "failing": []}
+    accept = {"refusing": True}
+
+    def sink(name: str) -> Any:
+        def send(event: WatchEvent) -> None:
+            if name == "failing" and len(pushed[name]) == 1:
+                raise ConnectionResetError("peer went away")
+            pushed[name].append(event.revision)
+
+        return send
+
+    good.deliver_with(lambda: True, sink("good"))
+    refusing.deliver_with(lambda: accept["refusing"], sink("refusing"))
+    failing.deliver_with(lambda: True, sink("failing"))
+    for sub in (good, refusing, failing):
+        assert (await take(sub, 1))[0].kind == "progress"
+    iterated: dict[str, list[int]] = {"good": [], "refusing": [], "failing": []}
+
+    async def drain(name: str, sub: Subscription) -> None:
+        with pytest.raises(TimeoutError):
+            while True:
+                (event,) = await take(sub, 1, timeout=1.0)
+                iterated[name].append(event.revision)
+
+    # each stream's own task iterates, as a transport's handler does: that is where it waits
+    streams = {"good": good, "refusing": refusing, "failing": failing}
+    tasks = [asyncio.create_task(drain(name, sub)) for name, sub in streams.items()]
+    revisions = [await put(services, ctx, "p", "k", G, {"n": i}) for i in range(1, 4)]
+    for _ in range(100):
+        if pushed["good"] == revisions:
+            break
+        await asyncio.sleep(0.02)
+    accept["refusing"] = False
+    revisions.append(await put(services, ctx, "p", "k", G, {"n": 4}))
+    revisions.append(await put(services, ctx, "p", "k", G, {"n": 5}))
+    await asyncio.gather(*tasks)
+    assert pushed["good"] == revisions  # every change, pushed, in order
+    assert iterated["good"] == []  # and none of them again through the iterator
+    # what was pushed plus what was then iterated: every change once, in order
+    assert pushed["refusing"] + iterated["refusing"] == revisions
+    assert iterated["refusing"]  # the iterator really took over
+    assert pushed["failing"] + iterated["failing"] == revisions
+    assert pushed["failing"] == revisions[:1]
