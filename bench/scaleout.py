@@ -3,7 +3,8 @@
 Why this exists: replicas exist to carry more watchers and more writes than one server. This
 script measures, in one run on one machine, side by side:
 
-1. Propagation with N SSE watchers (default 1,000): all on one replica, then spread evenly over
+1. Propagation with N watchers (default 1,000, over SSE; ``--transport grpc`` for gRPC's
+   ``ConfigService.Watch``): all on one replica, then spread evenly over
    two replicas, writes made through the first. For every (write, watcher) pair the time from
    the write's acknowledgement to the watcher's receipt (p50, p99), and per write the time until
    every watcher has it; with two replicas also split by where the watcher is connected (the
@@ -13,10 +14,11 @@ script measures, in one run on one machine, side by side:
    latency p50/p99 of the acknowledgements.
 
 It reuses ``bench/propagation.py``'s watcher client processes (their ``_client`` mode) and
-its statistics, so the figures read the same as that script's SSE rows.
+its statistics, so the figures read the same as that script's SSE (or gRPC) rows.
 
     .venv/bin/python bench/scaleout.py                      # 1,000 watchers, 20 writes, 10 s of writes
     .venv/bin/python bench/scaleout.py --watchers 200 --writes 10 --duration 5   # quicker
+    .venv/bin/python bench/scaleout.py --transport grpc     # the watchers over gRPC
 
 Needs the machine's PostgreSQL (``LLMCM_BENCH_POSTGRES``, default
 postgresql://postgres@127.0.0.1:5432/postgres: a database of its own is made and dropped) and
@@ -154,21 +156,23 @@ class Cluster:
             raise BenchError(f"init failed: {done.stderr.strip()[-1000:]}")
         _, self.token = rt.parse_init_output(done.stdout)
 
-    def start(self, index: int, cell: str) -> tuple[Any, int]:
+    def start(self, index: int, cell: str) -> tuple[Any, int, int]:
+        """Start replica ``index``: (its process, its REST port, its gRPC port)."""
         data = self.work / f"data-{index}"
         if not data.exists():
             data.mkdir(mode=0o700)
             shutil.copy2(self.data / "master.key", data / "master.key")
-        port = rt.free_port()
+        port, grpc_port = rt.free_port(), rt.free_port()
         argv = rt.server_argv(
             *("serve", "--data", str(data), "--storage", self.storage, "--redis", REDIS_URL),
             *("--redis-prefix", self.prefix, "--host", HOST, "--port", str(port)),
-            *("--grpc-port", "0", "--log-level", "warning"),
+            *("--grpc-port", str(grpc_port), "--log-level", "warning"),
         )
         child = rt.start_child("llm-config-server", argv, self.work / f"server-{cell}-{index}.log")
         self.pids.add(child.popen.pid)
         rt.wait_ready(child, port, "/health/ready")
-        return child, port
+        prop.wait_tcp(child, grpc_port)
+        return child, port, grpc_port
 
     def stop(self, child: Any) -> None:
         rt.stop_child(child)
@@ -193,14 +197,17 @@ def _ack_latencies(writes: Sequence[Any], reports: Sequence[dict[str, Any]]) -> 
     return out
 
 
-async def propagation_cell(cluster: Cluster, replicas: int, n: int, writes: int) -> PropagationRow:
+async def propagation_cell(
+    cluster: Cluster, replicas: int, n: int, writes: int, transport: str = "sse"
+) -> PropagationRow:
     from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
     cell = f"prop-{replicas}"
     started = [await asyncio.to_thread(cluster.start, i, cell) for i in range(replicas)]
-    ports = [port for _, port in started]
-    fleets = [prop.Fleet(cluster, "sse", port, f"{cell}-r{i}") for i, port in enumerate(ports)]
-    result = prop.CellResult("sse", n)
+    ports = [port for _, port, _ in started]
+    watch_ports = ports if transport == "sse" else [grpc_port for _, _, grpc_port in started]
+    fleets = [prop.Fleet(cluster, transport, port, f"{cell}-r{i}") for i, port in enumerate(watch_ports)]
+    result = prop.CellResult(transport, n)
     session = ClientSession(connector=TCPConnector(limit=1), timeout=ClientTimeout(total=30))
     url = f"http://{HOST}:{ports[0]}{prop.CONFIG_PATH}?env={prop.ENV}"
     headers = {"Authorization": f"Bearer {cluster.token}"}
@@ -249,7 +256,7 @@ async def propagation_cell(cluster: Cluster, replicas: int, n: int, writes: int)
         await session.close()
         for fleet in fleets:
             await fleet.stop()
-        for child, _ in started:
+        for child, _, _ in started:
             cluster.stop(child)
 
 
@@ -306,7 +313,7 @@ async def throughput_cell(
         return row
     finally:
         await session.close()
-        for child, _ in started:
+        for child, _, _ in started:
             cluster.stop(child)
 
 
@@ -319,7 +326,8 @@ def fmt(value: float, digits: int = 1) -> str:
 
 def print_report(props: Sequence[PropagationRow], writes: Sequence[ThroughputRow], args: Any) -> None:
     print()
-    print(f"propagation: {args.watchers} SSE watchers, {args.writes} writes through the first replica")
+    label = {"sse": "SSE", "grpc": "gRPC"}[args.transport]
+    print(f"propagation: {args.watchers} {label} watchers, {args.writes} writes through the first replica")
     head = f"{'':<12} | {'connected':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'all-received ms':>15}"
     print(f"{head} | {'missing':>7}")
     for row in props:
@@ -355,7 +363,7 @@ async def run(args: Any, work: Path, pids: Any, storage: str, prefix: str) -> No
     props = []
     for replicas in (1, 2):
         print(f"propagation, {replicas} replica(s), {args.watchers} watchers ...", flush=True)
-        props.append(await propagation_cell(cluster, replicas, args.watchers, args.writes))
+        props.append(await propagation_cell(cluster, replicas, args.watchers, args.writes, args.transport))
     writes = []
     for replicas in (1, 2):
         print(f"write throughput, {replicas} replica(s) ...", flush=True)
@@ -372,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--writes", type=prop.positive_int, default=DEFAULT_WRITES)
     parser.add_argument("--connections", type=prop.positive_int, default=DEFAULT_CONNECTIONS)
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S)
+    parser.add_argument(
+        "--transport", choices=("sse", "grpc"), default="sse", help="how the watchers watch (sse)"
+    )
     args = parser.parse_args(args_in)
     prop.raise_nofile_limit()
     signal.signal(signal.SIGTERM, rt._interrupt)
