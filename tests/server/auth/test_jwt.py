@@ -102,12 +102,21 @@ class TestAccepted:
         assert ok(secure_server.admin.get("/v1/whoami"))["roles"] == ["global-admin"]
 
 
+def _now() -> int:
+    return int(time.time())
+
+
 def _refused_cases() -> list[tuple[str, Callable[[JwtKeys, str], str], str]]:
-    now = int(time.time())
+    # times are read when a case runs, not when the module is collected: a long run reaches
+    # the last cases many minutes after collection
     c = JwtKeys.claims
     return [
-        ("expired", lambda k, t: k.sign(c(t, exp=now - 120, iat=now - 600, nbf=now - 600)), "expired"),
-        ("not yet valid", lambda k, t: k.sign(c(t, nbf=now + 600, iat=now)), "not valid yet"),
+        (
+            "expired",
+            lambda k, t: k.sign(c(t, exp=_now() - 120, iat=_now() - 600, nbf=_now() - 600)),
+            "expired",
+        ),
+        ("not yet valid", lambda k, t: k.sign(c(t, nbf=_now() + 600, iat=_now())), "not valid yet"),
         ("wrong issuer", lambda k, t: k.sign(c(t, iss="https://evil.example")), "wrong issuer"),
         ("wrong audience", lambda k, t: k.sign(c(t, aud="someone-else")), "wrong audience"),
         ("tampered signature", lambda k, t: tamper(k.sign(c(t))), "bad signature"),
