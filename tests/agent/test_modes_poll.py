@@ -90,6 +90,14 @@ def test_polls_when_the_watch_stream_is_refused(setup: Setup, proxy: NoStreamPro
     ):
         agent.wait_for("watch_failed")
         wait_until(lambda: read_json(path) == {"v": 1}, timeout=15, what="first poll")
+
+        def first_reload_done() -> bool:
+            # the first set is written before the app is signalled: count only once that signal
+            # (if any) has been sent and recorded, or a slow machine sees it land after the count
+            sent = len(agent.events("app_signalled"))
+            return (sent >= 1 or bool(agent.events("app_not_reloaded"))) and len(app.signals()) == sent
+
+        wait_until(first_reload_done, what="the first set's reload")
         signals = len(app.signals())
         setup.put("app", "settings", {"v": 2})
         wait_until(lambda: read_json(path) == {"v": 2}, timeout=15, what="change picked up by a poll")
