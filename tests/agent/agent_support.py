@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support import REPO, Http, ServerProcess, free_port
+from tests.support import REPO, Http, ServerProcess, free_port, terminate
 
 AGENT_CMD = [sys.executable, "-m", "agent.main"]
 SAMPLE_APP = Path(__file__).with_name("sample_app.py")
@@ -159,13 +159,7 @@ class AgentProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        terminate(proc, timeout=15)
         return proc.returncode
 
     def kill9(self) -> None:

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import redis
 
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, terminate
 
 REDIS_URL = os.environ.get("LLMCM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -88,14 +87,8 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            terminate(proc, timeout=10)
 
 
 class Replicas:
