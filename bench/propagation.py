@@ -918,25 +918,12 @@ class Run:
 
     # -- targets -----------------------------------------------------------------------------
 
-    def _start(self, name: str, argv: Sequence[str], log_name: str) -> Any:
-        child = rt.start_child(name, argv, self.work / log_name)
+    def _start(
+        self, name: str, argv: Sequence[str], log_name: str, *, stdin: int = subprocess.DEVNULL
+    ) -> Any:
+        child = rt.start_child(name, argv, self.work / log_name, stdin=stdin)
         self.pids.add(child.popen.pid)
         return child
-
-    def _start_piped(self, name: str, argv: Sequence[str], log_name: str) -> Any:
-        """``_start``, with the child's stdin a pipe this run holds: it exits when that closes."""
-        log_path = self.work / log_name
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=rt.REPO_ROOT,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pids.add(popen.pid)
-        return rt.Child(name, popen, log_path)
 
     def _stop(self, child: Any) -> None:
         if child.popen.stdin is not None:
@@ -1063,7 +1050,8 @@ class Run:
 
         port = rt.free_port()
         argv = [sys.executable, str(Path(__file__).resolve()), "_floor", "--port", str(port)]
-        child = self._start_piped("grpc.aio floor", argv, f"floor-{cell}.log")
+        # stdin a pipe this run holds: the floor exits when it closes
+        child = self._start("grpc.aio floor", argv, f"floor-{cell}.log", stdin=subprocess.PIPE)
         await asyncio.to_thread(wait_tcp, child, port)
         channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
         put = channel.unary_unary(FLOOR_PUT_METHOD)

@@ -172,14 +172,15 @@ def free_port() -> int:
         return port
 
 
-def start_child(name: str, argv: Sequence[str], log_path: Path) -> Child:
+def start_child(name: str, argv: Sequence[str], log_path: Path, *, stdin: int = subprocess.DEVNULL) -> Child:
     # A session of its own, so stopping it can reach any worker it forks (its process group id is
     # its pid), and a Ctrl-C in the terminal reaches only this script, which then stops it.
+    # ``stdin=subprocess.PIPE``: a child that exits when its stdin closes gets a pipe this run holds.
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             list(argv),
             cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
